@@ -1,0 +1,294 @@
+"""What to search: the VALUES syntax, the search space, and the frozen StudySpec.
+
+Plain data only (no torch, no optuna): the first stage of the pipeline, reached by tests directly.
+
+VALUES is a comma list of items; an item is a number or a range LOW:HIGH[:COUNT].
+Each parameter has its natural scale, used for ranges and for counted ranges (grids):
+
+    lr, weight_decay   log scale                 1e-4:1e-1:4  -> 1e-4, 1e-3, 1e-2, 1e-1
+    batch_size         powers of two             16:256       -> 16, 32, 64, 128, 256
+    momentum           log scale on 1 - m        0:0.99:3     -> 0, 0.9, 0.99
+
+Weight decay may list 0 beside a log range: ``0,1e-6:1e-2``.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from hpsearch.errors import BadInput
+
+PARAMS = ("lr", "weight_decay", "batch_size", "momentum")
+FLAGS = {name: "--" + name.replace("_", "-") for name in PARAMS}
+COMMANDS = ("grid", "random", "tpe")
+BUILTIN_TASKS = ("digits",)
+
+# The recipe's coarse grid (DESIGN.md); the same as the benchmark yardstick's defaults.
+GRID_DEFAULTS = {"lr": "1e-1,1e-2,1e-3,1e-4", "weight_decay": "1e-4,1e-5,0", "batch_size": "32,128", "momentum": "0.9"}
+# Ranges wide enough that a random or TPE search needs no prior knowledge of the model.
+SAMPLED_DEFAULTS = {"lr": "1e-5:1", "weight_decay": "0,1e-6:1e-2", "batch_size": "16:256", "momentum": "0:0.99"}
+DEFAULT_EPOCHS = 5  # "a few epochs": enough to rank a coarse grid, as in the recipe
+DEFAULT_TRIALS = 20
+DEFAULT_SEED = 0
+
+
+def tidy(value: float) -> float:
+    """Round away float noise (1e-3 from a log grid is 0.0010000000000000002), so points compare equal."""
+    return float(f"{value:.12g}")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Maps a parameter to the axis on which its ranges are evenly spaced."""
+
+    forward: Callable[[float], float]
+    inverse: Callable[[float], float]
+
+
+SCALES = {
+    "lr": Scale(math.log, math.exp),
+    "weight_decay": Scale(math.log, math.exp),
+    "batch_size": Scale(math.log2, lambda u: float(2 ** round(u))),
+    "momentum": Scale(lambda m: math.log(1.0 - m), lambda u: 1.0 - math.exp(u)),
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    count: int | None = None
+
+    def text(self) -> str:
+        ends = f"{fmt(self.low)}:{fmt(self.high)}"
+        return ends if self.count is None else f"{ends}:{self.count}"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One parameter's search values: listed values, at most one range, or both (weight decay's 0)."""
+
+    name: str
+    values: tuple[float, ...] = ()
+    range: Range | None = None
+
+    def text(self) -> str:
+        items = [fmt(v) for v in self.values] + ([self.range.text()] if self.range else [])
+        return ",".join(items)
+
+    def grid(self) -> tuple[float, ...]:
+        """Every value of this dimension as a grid (a range needs a count, except batch size)."""
+        points = list(self.values)
+        if self.range is not None:
+            points += expand(self.name, self.range)
+        return tuple(sorted(set(points)))
+
+    @property
+    def is_continuous(self) -> bool:
+        """True when a sampler must draw from a range rather than pick from a list."""
+        return self.range is not None and self.range.count is None and self.name != "batch_size"
+
+
+def fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def expand(name: str, rng: Range) -> list[float]:
+    """The grid points of a range on the parameter's natural scale."""
+    scale = SCALES[name]
+    if name == "batch_size" and rng.count is None:
+        low, high = int(math.log2(rng.low)), int(math.log2(rng.high))
+        return [float(2**e) for e in range(low, high + 1)]
+    assert rng.count is not None
+    a, b = scale.forward(rng.low), scale.forward(rng.high)
+    step = (b - a) / (rng.count - 1)
+    return [tidy(scale.inverse(a + i * step)) for i in range(rng.count)]
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def _number(name: str, text: str, whole: str) -> float:
+    if not re.fullmatch(_NUMBER, text.strip()):
+        raise BadInput(f"{FLAGS[name]} {whole}: '{text}' is not a number")
+    return float(text)
+
+
+def _check_value(name: str, value: float, whole: str) -> None:
+    flag = f"{FLAGS[name]} {whole}"
+    if name == "lr" and not value > 0:
+        raise BadInput(f"{flag}: a learning rate must be > 0, not {fmt(value)}")
+    if name == "weight_decay" and value < 0:
+        raise BadInput(f"{flag}: weight decay must be >= 0, not {fmt(value)}")
+    if name == "batch_size" and (value < 1 or value != int(value)):
+        raise BadInput(f"{flag}: a batch size must be a positive integer, not {fmt(value)}")
+    if name == "momentum" and not 0 <= value < 1:
+        raise BadInput(f"{flag}: momentum must be in [0, 1), not {fmt(value)}")
+
+
+def _parse_range(name: str, item: str, whole: str) -> Range:
+    parts = item.split(":")
+    flag = f"{FLAGS[name]} {whole}"
+    if len(parts) not in (2, 3):
+        raise BadInput(f"{flag}: a range is LOW:HIGH or LOW:HIGH:COUNT, not '{item}'")
+    low, high = (_number(name, p, whole) for p in parts[:2])
+    for value in (low, high):
+        _check_value(name, value, whole)
+    if not low < high:
+        raise BadInput(f"{flag}: a range's low end must be below its high end (write {parts[1]}:{parts[0]})")
+    if name == "weight_decay" and low == 0:
+        raise BadInput(f"{flag}: a log range cannot start at 0; write 0,{fmt(high / 1e4)}:{fmt(high)} to include 0")
+    if name == "batch_size" and any(v != 2 ** round(math.log2(v)) for v in (low, high)):
+        raise BadInput(f"{flag}: batch size ranges run over powers of two; make both ends powers of two (e.g. 16:256)")
+    count = None
+    if len(parts) == 3:
+        if not re.fullmatch(r"\d+", parts[2].strip()) or int(parts[2]) < 2:
+            raise BadInput(f"{flag}: the count of a range must be an integer >= 2, not '{parts[2]}'")
+        count = int(parts[2])
+    return Range(low, high, count)
+
+
+def parse_values(name: str, text: str) -> Dimension:
+    """Parse one parameter's VALUES; raise BadInput with a one-line message on anything wrong."""
+    whole = text.strip()
+    items = [item.strip() for item in whole.split(",")]
+    if not whole or any(not item for item in items):
+        raise BadInput(f"{FLAGS[name]} '{text}': give a comma list of values or a range LOW:HIGH[:COUNT]")
+    values: list[float] = []
+    ranges: list[Range] = []
+    for item in items:
+        if ":" in item:
+            ranges.append(_parse_range(name, item, whole))
+        else:
+            value = _number(name, item, whole)
+            _check_value(name, value, whole)
+            values.append(tidy(value))
+    if len(ranges) > 1:
+        raise BadInput(f"{FLAGS[name]} {whole}: give at most one range")
+    return Dimension(name, tuple(sorted(set(values))), ranges[0] if ranges else None)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    lr: Dimension
+    weight_decay: Dimension
+    batch_size: Dimension
+    momentum: Dimension
+
+    def dimensions(self) -> tuple[Dimension, ...]:
+        return (self.lr, self.weight_decay, self.batch_size, self.momentum)
+
+    def texts(self) -> dict[str, str]:
+        return {d.name: d.text() for d in self.dimensions()}
+
+    def grid(self) -> list[dict[str, float]]:
+        """Every grid point, ordered by batch size so that consecutive points can share a population."""
+        points = [{}]  # type: list[dict[str, float]]
+        for dim in self.dimensions():
+            points = [{**p, dim.name: v} for p in points for v in dim.grid()]
+        for p in points:
+            p["batch_size"] = int(p["batch_size"])
+        return sorted(points, key=lambda p: p["batch_size"])
+
+
+def parse_space(command: str, texts: dict[str, str | None]) -> SearchSpace:
+    """Build the space for a command from flag texts (None = that command's default)."""
+    defaults = GRID_DEFAULTS if command == "grid" else SAMPLED_DEFAULTS
+    dims = {name: parse_values(name, texts.get(name) or defaults[name]) for name in PARAMS}
+    for dim in dims.values():
+        _check_for_command(command, dim)
+    return SearchSpace(**dims)
+
+
+def _check_for_command(command: str, dim: Dimension) -> None:
+    flag = f"{FLAGS[dim.name]} {dim.text()}"
+    rng = dim.range
+    if rng is None:
+        return
+    if command == "grid" and rng.count is None and dim.name != "batch_size":
+        raise BadInput(f"{flag}: a grid needs a list of values or a count (e.g. {rng.text()}:4)")
+    if command != "grid" and dim.values and dim.is_continuous:
+        if dim.name != "weight_decay" or dim.values != (0.0,):
+            raise BadInput(f"{flag}: values beside a range are only for weight decay's 0 (e.g. 0,1e-6:1e-2)")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything a search needs, validated. Frozen: stages downstream only read it."""
+
+    command: str
+    space: SearchSpace
+    task: str = "digits"
+    epochs: int = DEFAULT_EPOCHS
+    seed: int = DEFAULT_SEED
+    trials: int | None = None  # random / tpe: the study's total
+    study: str = ""
+    storage: str | None = None  # None: studies/hpsearch.journal, or $HPSEARCH_STORAGE
+    device: str = "auto"
+    max_population: int = 256  # members trained as one batched model; bounded for memory
+
+    def settings(self) -> dict[str, object]:
+        """The settings that change results; stored on the study and compared on a re-run."""
+        out: dict[str, object] = {"command": self.command, "task": self.task, "epochs": self.epochs, "seed": self.seed}
+        if self.command != "grid":
+            out["space"] = self.space.texts()
+        return out
+
+
+def build_spec(
+    command: str,
+    *,
+    lr: str | None = None,
+    weight_decay: str | None = None,
+    batch_size: str | None = None,
+    momentum: str | None = None,
+    task: str = "digits",
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    trials: int | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    device: str = "auto",
+) -> StudySpec:
+    if command not in COMMANDS:
+        raise BadInput(f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}")
+    space = parse_space(command, {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "momentum": momentum})
+    if epochs < 1:
+        raise BadInput(f"--epochs {epochs}: train at least 1 epoch")
+    if command != "grid":
+        trials = DEFAULT_TRIALS if trials is None else trials
+        if trials < 1:
+            raise BadInput(f"--trials {trials}: run at least 1 trial")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise BadInput(f"--device {device}: choose auto, cpu, cuda or cuda:INDEX")
+    name = study if study is not None else f"{task}-{command}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+        raise BadInput(f"--study '{name}': use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+    return StudySpec(command, space, task, epochs, seed, trials, name, storage, device)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration to train: the four parameters and the seed derived from them."""
+
+    lr: float
+    weight_decay: float
+    batch_size: int
+    momentum: float
+    seed: int = field(default=0)
+
+    def key(self) -> tuple[float, float, int, float]:
+        return (tidy(self.lr), tidy(self.weight_decay), int(self.batch_size), tidy(self.momentum))
+
+    def params(self) -> dict[str, float]:
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "batch_size": self.batch_size, "momentum": self.momentum}
+
+
+def make_config(params: dict[str, float], study_seed: int) -> Config:
+    """A configuration with its seed: from --seed and the values alone, never from worker or order."""
+    config = Config(float(params["lr"]), float(params["weight_decay"]), int(params["batch_size"]), float(params["momentum"]))
+    digest = hashlib.sha256(repr((study_seed,) + config.key()).encode()).digest()
+    return replace(config, seed=int.from_bytes(digest[:4], "little") & 0x7FFFFFFF)
