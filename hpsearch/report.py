@@ -81,12 +81,18 @@ def progress_bar(console: Console, description: str) -> Iterator[Callable[[objec
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
         TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None, best="-")
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(description, total=None, best="-")
 
-        def update(p: object) -> None:
-            best = getattr(p, "best")
-            bar.update(task, completed=getattr(p, "done"), total=getattr(p, "total") or None,
-                       best="-" if best is None else f"{best:.4f}")
+    def update(p: object) -> None:
+        if not bar.live.is_started:  # started on the first news, so an early error shows no bar
+            bar.start()
+        best = getattr(p, "best")
+        bar.update(task, completed=getattr(p, "done"), total=getattr(p, "total") or None,
+                   best="-" if best is None else f"{best:.4f}")
 
+    try:
         yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()

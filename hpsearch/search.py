@@ -19,8 +19,6 @@ Trial attributes written here (the names later stages and scripts read):
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -29,7 +27,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import Trial, TrialState
 
 from hpsearch.errors import BadInput, Interrupted, RuntimeFailure
-from hpsearch.spec import Config, Dimension, SearchSpace, StudySpec, make_config, tidy
+from hpsearch.spec import Config, Dimension, SearchSpace, StudySpec, make_config
 from hpsearch.storage import open_storage
 
 SETTINGS_ATTR = "hpsearch"  # study user attribute: the settings a study was created with
@@ -239,22 +237,24 @@ class _Runner:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         self.total = self.already + len(waiting)
         dists = _grid_distributions(points + [t.system_attrs["fixed_params"] for t in waiting])
+        if waiting:
+            self._load_task()
         self._tick()
         for start in range(0, len(waiting), self.spec.max_population):
             asked = [self.study.ask(dists) for _ in waiting[start:start + self.spec.max_population]]
             self.run_batch(asked, [param_config(t.params, self.spec.seed) for t in asked])
 
     def sample(self, batch: int) -> None:
-        trials = self.study.get_trials(deepcopy=False)
         self.total = max(self.spec.trials or 0, self.already)
         remaining = self.total - self.already
+        if remaining:
+            self._load_task()
         self._tick()
         while remaining > 0:
             asked = [self.study.ask() for _ in range(min(batch, remaining))]
             configs = [param_config(_sample(t, self.spec.space), self.spec.seed) for t in asked]
             remaining -= len(asked)
             self.run_batch(asked, configs)
-        del trials
 
 
 def _sampler(spec: StudySpec, history: int) -> optuna.samplers.BaseSampler:
@@ -279,17 +279,9 @@ def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> Sea
     _check_settings(study, spec)
     study.sampler = _sampler(spec, len(study.get_trials(deepcopy=False)))
     runner = _Runner(spec, study, progress)
-    started = time.perf_counter()
     if spec.command == "grid":
         runner.grid()
     else:
         runner.sample(TPE_BATCH if spec.command == "tpe" else RANDOM_BATCH)
-    del started
     return SearchOutcome(spec.study, shown, runner.trained, runner.already, runner.failed)
 
-
-def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-__all__ = ["Progress", "SearchOutcome", "run_search", "param_config", "tidy"]

@@ -256,6 +256,8 @@ def build_spec(
     if command not in COMMANDS:
         raise BadInput(f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}")
     space = parse_space(command, {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "momentum": momentum})
+    if task not in BUILTIN_TASKS:
+        raise BadInput(f"unknown task '{task}'; built-in tasks: {', '.join(BUILTIN_TASKS)}")
     if epochs < 1:
         raise BadInput(f"--epochs {epochs}: train at least 1 epoch")
     if command != "grid":

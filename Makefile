@@ -1,0 +1,29 @@
+# hpsearch: `make demo` runs the recipe's coarse grid on digits; `make test` runs the tests.
+# Both install into a local virtual environment first (.venv), on a machine that has never seen the project.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of this version lies on these machines; installing it first keeps pip from pulling
+# several GB of CUDA packages for an unpinned torch. On a GPU machine: make install TORCH=torch
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/hpsearch grid --task digits --study demo-coarse
+	mkdir -p out
+	$(BIN)/hpsearch report demo-coarse --format csv --output out/demo-coarse.csv
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) out studies/*.journal studies/*.lock *.egg-info

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+from hpsearch.errors import BadInput
+from hpsearch.spec import build_spec, make_config, parse_space, parse_values
+
+
+def test_lists_are_sorted_and_deduplicated():
+    assert parse_values("lr", "1e-2, 1e-1,1e-2").grid() == (0.01, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("lr", "1e-4:1e-1:4", (1e-4, 1e-3, 1e-2, 1e-1)),
+        ("weight_decay", "0,1e-5:1e-3:3", (0.0, 1e-5, 1e-4, 1e-3)),
+        ("batch_size", "16:128", (16, 32, 64, 128)),
+        ("batch_size", "16:256:3", (16, 64, 256)),
+        ("momentum", "0:0.99:3", (0.0, 0.9, 0.99)),
+        ("momentum", "0.9", (0.9,)),
+    ],
+)
+def test_ranges_are_spaced_on_the_natural_scale(name, text, expected):
+    assert parse_values(name, text).grid() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "message"),
+    [
+        ("grid", {"lr": "0,1e-2"}, "learning rate must be > 0"),
+        ("grid", {"lr": "-1e-3"}, "learning rate must be > 0"),
+        ("grid", {"lr": "1e-1:1e-3:3"}, "low end must be below"),
+        ("grid", {"lr": "1e-4:1e-1"}, "a grid needs a list of values or a count"),
+        ("grid", {"lr": "1e-4:1e-1:1"}, "count of a range must be an integer >= 2"),
+        ("grid", {"lr": "1e-4:1e-1:x"}, "count of a range must be an integer >= 2"),
+        ("grid", {"lr": "abc"}, "'abc' is not a number"),
+        ("grid", {"lr": "1e-3,,1e-2"}, "give a comma list"),
+        ("grid", {"lr": "1:2:3:4"}, "a range is LOW:HIGH"),
+        ("grid", {"weight_decay": "-1e-4"}, "weight decay must be >= 0"),
+        ("grid", {"weight_decay": "0:1e-2:3"}, "cannot start at 0"),
+        ("grid", {"batch_size": "0"}, "positive integer"),
+        ("grid", {"batch_size": "12.5"}, "positive integer"),
+        ("grid", {"batch_size": "20:100"}, "powers of two"),
+        ("grid", {"momentum": "1"}, "momentum must be in [0, 1)"),
+        ("grid", {"momentum": "-0.1"}, "momentum must be in [0, 1)"),
+        ("random", {"lr": "1e-3,1e-5:1e-1"}, "only for weight decay's 0"),
+        ("random", {"lr": "1e-5:1e-3,1e-2:1"}, "at most one range"),
+        ("grid", {"epochs": 0}, "at least 1 epoch"),
+        ("random", {"trials": 0}, "at least 1 trial"),
+        ("grid", {"device": "gpu"}, "choose auto, cpu, cuda"),
+        ("grid", {"study": "a b"}, "--study 'a b'"),
+    ],
+)
+def test_bad_input_is_one_line(command, flags, message):
+    with pytest.raises(BadInput) as caught:
+        build_spec(command, **flags)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_default_grid_is_the_recipe():
+    spec = build_spec("grid")
+    assert len(spec.space.grid()) == 24
+    assert spec.study == "digits-grid" and spec.epochs == 5
+
+
+def test_grid_points_are_ordered_by_batch_size():
+    points = parse_space("grid", {"batch_size": "128,32"}).grid()
+    sizes = [p["batch_size"] for p in points]
+    assert sizes == sorted(sizes) and set(sizes) == {32, 128}
+
+
+def test_sampled_spaces_accept_ranges():
+    space = parse_space("tpe", {})
+    assert space.lr.is_continuous and space.weight_decay.values == (0.0,)
+    assert not space.batch_size.is_continuous  # powers of two are a list
+    assert space.batch_size.grid() == (16, 32, 64, 128, 256)
+
+
+def test_seeds_belong_to_configurations():
+    a = make_config({"lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}, 0)
+    b = make_config({"lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}, 0)
+    c = make_config({"lr": 0.01, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}, 0)
+    d = make_config({"lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}, 1)
+    assert a.seed == b.seed and len({a.seed, c.seed, d.seed}) == 3

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hpsearch.errors import BadInput
+from hpsearch.spec import make_config
+from hpsearch.tasks import Task
+from hpsearch.train import EpochReport, resolve_device, train_population
+
+TOL = 1e-5  # batched and unbatched matmuls may round differently (DESIGN.md)
+
+
+def configs(batch_size=64, **fixed):
+    grid = [(lr, wd, m) for lr in (0.1, 0.01) for wd in (1e-4, 0.0) for m in (0.0, 0.9)]
+    return [make_config({"lr": lr, "weight_decay": wd, "batch_size": batch_size, "momentum": m, **fixed}, 0)
+            for lr, wd, m in grid]
+
+
+def close(a: dict, b: dict) -> float:
+    return max(float((a[k].detach() - b[k].detach()).abs().max()) for k in a)
+
+
+def test_a_member_equals_the_same_configuration_trained_alone(digits):
+    population = train_population(digits, configs(), epochs=2)
+    for i in (0, 3, 7):
+        alone = train_population(digits, [configs()[i]], epochs=2)[0]
+        assert close(population[i].params, alone.params) < TOL
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert getattr(population[i], key) == pytest.approx(getattr(alone, key), abs=TOL)
+
+
+def test_a_population_of_one_is_torch_sgd(digits):
+    """Same semantics as torch.optim.SGD: coupled weight decay, momentum, no dampening or Nesterov."""
+    config = configs()[3]  # lr 0.1, weight decay 0, momentum 0.9
+    ours = train_population(digits, [config], epochs=2)[0]
+    torch.manual_seed(config.seed)
+    model = digits.make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    order = torch.Generator().manual_seed(config.seed)
+    x, y = digits.train
+    for _ in range(2):
+        perm = torch.randperm(len(x), generator=order)
+        for start in range(0, len(x), config.batch_size):
+            index = perm[start:start + config.batch_size]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+            optimizer.step()
+    assert close(dict(model.named_parameters()), ours.params) < TOL
+
+
+def test_the_callback_sees_every_epoch_and_can_stop_members(digits):
+    seen: list[EpochReport] = []
+
+    def on_epoch(report: EpochReport):
+        seen.append(report)
+        return [0] if report.epoch == 1 else []
+
+    results = train_population(digits, configs()[:3], epochs=3, on_epoch=on_epoch)
+    assert [r.epoch for r in seen] == [1, 2, 3]
+    assert seen[0].members == [0, 1, 2] and seen[1].members == [1, 2]
+    assert results[0].outcome == "stopped" and results[0].stopped_epoch == 1 and len(results[0].val_loss) == 1
+    assert all(r.outcome == "completed" and len(r.val_accuracy) == 3 for r in results[1:])
+    assert all(0 <= a <= 1 for r in seen for a in r.val_accuracy)
+
+
+def linear_digits(digits) -> Task:
+    """Digits with a linear model: with no ReLU to die, a huge learning rate makes the loss explode."""
+    return Task("linear", lambda: nn.Linear(64, 10), digits.train, digits.val, digits.test, 10)
+
+
+def test_a_diverging_member_stops_and_leaves_the_others_unchanged(digits):
+    task = linear_digits(digits)
+    healthy = configs()[:4]
+    wild = make_config({"lr": 1e4, "weight_decay": 0.0, "batch_size": 64, "momentum": 0.9}, 0)
+    mixed = train_population(task, healthy[:2] + [wild] + healthy[2:], epochs=2)
+    clean = train_population(task, healthy, epochs=2)
+    diverged = mixed[2]
+    assert diverged.outcome == "diverged" and diverged.stopped_epoch == 1
+    assert diverged.diverged_step is not None and diverged.diverged_step >= 1
+    assert "epoch 1, step" in diverged.reason and diverged.val_accuracy == []
+    for got, want in zip(mixed[:2] + mixed[3:], clean):
+        assert got.outcome == "completed"
+        assert close(got.params, want.params) < TOL
+        assert got.val_loss == pytest.approx(want.val_loss, abs=TOL)
+
+
+def test_a_planted_nan_loss_diverges(digits):
+    class Poisoned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.linear(x) * torch.where(self.linear.bias[:1] > 1e9, 1.0, float("nan"))
+
+    task = Task("nan", Poisoned, digits.train, digits.val, digits.test, 10)
+    result = train_population(task, configs()[:1], epochs=2)[0]
+    assert result.outcome == "diverged" and "not finite at epoch 1, step 1" in result.reason
+
+
+def test_timings_are_recorded(digits):
+    result = train_population(digits, configs()[:2], epochs=1)[0]
+    assert result.seconds > 0 and result.step_ms > 0 and not math.isnan(result.step_ms)
+
+
+def test_device_auto_is_cpu_here_and_cuda_is_refused_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the refusal cannot be seen here")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(BadInput, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_population_on_cuda_matches_cpu(digits):
+    cpu = train_population(digits, configs()[:2], epochs=1)
+    gpu = train_population(digits.to(torch.device("cuda")), configs()[:2], epochs=1)
+    for a, b in zip(cpu, gpu):
+        assert a.val_loss == pytest.approx(b.val_loss, abs=1e-4)
