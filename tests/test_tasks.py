@@ -32,3 +32,18 @@ def test_digits_split_is_the_same_every_time(digits):
 def test_unknown_task_names_the_built_in_ones():
     with pytest.raises(BadInput, match="built-in tasks: digits"):
         load_task("cifar")
+
+
+def test_the_shipped_split_is_sklearns_split(digits):
+    """The split that ships with hpsearch equals scikit-learn's, as in the benchmark yardstick."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=0, stratify=y)
+    x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest)
+    for (tx, ty), (sx, sy) in zip((digits.train, digits.val, digits.test),
+                                  ((x_train, y_train), (x_val, y_val), (x_test, y_test))):
+        assert np.array_equal(tx.numpy(), sx) and np.array_equal(ty.numpy(), sy)

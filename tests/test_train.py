@@ -122,3 +122,22 @@ def test_population_on_cuda_matches_cpu(digits):
     gpu = train_population(digits.to(torch.device("cuda")), configs()[:2], epochs=1)
     for a, b in zip(cpu, gpu):
         assert a.val_loss == pytest.approx(b.val_loss, abs=1e-4)
+
+
+def test_the_fused_mlp_path_equals_the_vmap_path(digits):
+    """An nn.Sequential MLP takes the fused baddbmm forward; wrapped, the same model goes through vmap."""
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = digits.make_model()
+
+        def forward(self, x):
+            return self.net(x)
+
+    task = Task("wrapped", Wrapped, digits.train, digits.val, digits.test, 10)
+    fused = train_population(digits, configs()[:3], epochs=2)
+    general = train_population(task, configs()[:3], epochs=2)
+    for a, b in zip(fused, general):
+        assert close(a.params, {k.removeprefix("net."): v for k, v in b.params.items()}) < TOL
+        assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=TOL)
