@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # several GB of CUDA packages for an unpinned torch. On a GPU machine: make install TORCH=torch
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# hpsearch against a plain Optuna + PyTorch reference, whole processes (a few minutes); writes out/bench.json
+bench: install
+	$(BIN)/python bench/run.py
+
+bench-quick: install
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) out studies/*.journal studies/*.lock *.egg-info

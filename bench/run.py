@@ -1,0 +1,287 @@
+"""`make bench`: hpsearch against a plain Optuna + PyTorch reference, run as whole processes.
+
+    python bench/run.py [--repeats N] [--quick]
+
+Arms, each a whole subprocess, interleaved A B (C) A B (C) ... so that machine noise falls on all:
+
+  A  reference   python bench/reference.py ...         (plain Optuna GridSampler, one trial at a time)
+  B  hpsearch    hpsearch grid --study bench --storage <fresh journal> ...   (in a fresh temp dir)
+  C  yardstick   python ../shared/bench/plain_optuna.py ...   (only where that file exists)
+
+Whole process: time.perf_counter around subprocess.run. Search alone: for A and C the optimize call
+(their JSON `seconds`); for B the earliest trial start to the latest trial end in the journal it
+wrote, read with plain Optuna. Then the trainer alone, in-process, for growing population sizes,
+and its arithmetic rate against a measured matmul peak. Everything also goes to out/bench.json.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "bench" / "reference.py"
+YARDSTICK = (ROOT / ".." / "shared" / "bench" / "plain_optuna.py").resolve()
+OUT = ROOT / "out" / "bench.json"
+
+FULL_GRID = {
+    "lr": "1e-1,3e-2,1e-2,3e-3,1e-3,3e-4,1e-4,3e-5",
+    "weight_decay": "1e-3,1e-4,1e-5,0",
+    "batch_size": "16,32,64,128",
+    "momentum": "0.5,0.9,0.99",
+}
+QUICK_GRID = {"lr": "1e-1,1e-2,1e-3,1e-4", "weight_decay": "1e-4,1e-5,0", "batch_size": "32,128", "momentum": "0.9"}
+EPOCHS = 5
+
+POPULATIONS = (1, 4, 16, 64, 256)
+SCALING_BATCH = 32
+SCALING_EPOCHS = 2
+MLP_PARAMS = 64 * 128 + 128 + 128 * 10 + 10  # 9610, the digits MLP 64-128-10
+
+
+def grid_flags(grid: dict[str, str]) -> list[str]:
+    flags = []
+    for name, values in grid.items():
+        flags += ["--" + name.replace("_", "-"), values]
+    return flags + ["--epochs", str(EPOCHS)]
+
+
+def grid_size(grid: dict[str, str]) -> int:
+    size = 1
+    for values in grid.values():
+        size *= len(values.split(","))
+    return size
+
+
+def hpsearch_command() -> str:
+    """The hpsearch console script next to this interpreter (the venv's), else the one on PATH."""
+    here = Path(sys.executable).parent / "hpsearch"
+    found = str(here) if here.exists() else shutil.which("hpsearch")
+    if not found:
+        sys.exit("bench: the hpsearch command is not installed (run `make install`)")
+    return found
+
+
+def run_process(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    """Run one arm; returns whole-process wall seconds and its stdout. A failure stops the bench."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+        sys.exit(f"bench: {' '.join(cmd[:3])} ... exited with status {proc.returncode}")
+    return seconds, proc.stdout
+
+
+def json_line(stdout: str) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise SystemExit(f"bench: no JSON line in the output:\n{stdout[-2000:]}")
+
+
+def run_json_arm(name: str, script: Path, grid: dict[str, str]) -> dict:
+    whole, stdout = run_process([sys.executable, str(script)] + grid_flags(grid), ROOT)
+    out = json_line(stdout)
+    return {"arm": name, "whole_seconds": whole, "search_seconds": out["seconds"], "trials": out["trials"],
+            "completed": out["trials"], "best": out["best"], "best_params": out["best_params"]}
+
+
+def run_hpsearch_arm(grid: dict[str, str]) -> dict:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
+        journal = Path(tmp) / "bench.journal"  # fresh per run: the grid starts from nothing
+        cmd = [hpsearch_command(), "grid", "--study", "bench", "--storage", str(journal)] + grid_flags(grid)
+        whole, _ = run_process(cmd, Path(tmp))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name="bench", storage=JournalStorage(JournalFileBackend(str(journal))))
+        trials = study.get_trials(deepcopy=False)
+    timed = [t for t in trials if t.datetime_start and t.datetime_complete]
+    search = (max(t.datetime_complete for t in timed) - min(t.datetime_start for t in timed)).total_seconds()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = max(complete, key=lambda t: t.value)
+    return {"arm": "hpsearch", "whole_seconds": whole, "search_seconds": search, "trials": len(trials),
+            "completed": len(complete), "best": round(best.value, 4), "best_params": best.params}
+
+
+def summarise(runs: list[dict]) -> dict:
+    whole = statistics.median(r["whole_seconds"] for r in runs)
+    search = statistics.median(r["search_seconds"] for r in runs)
+    trials = runs[0]["trials"]
+    bests = sorted({r["best"] for r in runs})
+    return {"runs": len(runs), "trials": trials, "completed": min(r["completed"] for r in runs),
+            "whole_seconds": whole, "search_seconds": search,
+            "whole_min": min(r["whole_seconds"] for r in runs), "whole_max": max(r["whole_seconds"] for r in runs),
+            "whole_trials_per_s": trials / whole, "search_trials_per_s": trials / search,
+            "best": bests[-1], "best_all_runs": bests, "best_params": runs[0]["best_params"]}
+
+
+def scaling_curve() -> list[dict]:
+    """The trainer alone, in-process: one population per size, all at batch size 32, 2 epochs."""
+    import torch
+
+    from hpsearch.spec import make_config
+    from hpsearch.tasks import load_task
+    from hpsearch.train import train_population
+
+    task = load_task("digits")
+    rng = random.Random(0)
+    # Varied, non-diverging configurations (a diverged member leaves the population and would flatter the rate).
+    params = [{"lr": 10 ** rng.uniform(-4, -1.5), "weight_decay": rng.choice([0.0, 1e-5, 1e-4, 1e-3]),
+               "batch_size": SCALING_BATCH, "momentum": rng.choice([0.5, 0.9])} for _ in range(max(POPULATIONS))]
+    configs = [make_config(p, 0) for p in params]
+    train_population(task, configs[:4], 1)  # warm-up: first-call costs of vmap and autograd
+    curve = []
+    for size in POPULATIONS:
+        times, diverged = [], 0
+        for _ in range(3):
+            start = time.perf_counter()
+            results = train_population(task, configs[:size], SCALING_EPOCHS)
+            times.append(time.perf_counter() - start)
+            diverged = max(diverged, sum(r.outcome != "completed" for r in results))
+        seconds = min(times)  # best of 3: a shared machine only ever adds time to a pure computation
+        member_epochs_per_s = size * SCALING_EPOCHS / seconds
+        curve.append({"population": size, "seconds": seconds, "epochs": SCALING_EPOCHS, "diverged": diverged,
+                      "member_epochs_per_s": member_epochs_per_s,
+                      "trials_per_s_at_5_epochs": member_epochs_per_s / EPOCHS})
+    curve[-1]["threads"] = torch.get_num_threads()
+    return curve
+
+
+def flop_rate(largest: dict, train_samples: int, val_samples: int) -> dict:
+    """Achieved FLOP/s of the largest population, and a quick float32 matmul peak of this machine."""
+    import torch
+
+    per_member_epoch = 6 * MLP_PARAMS * train_samples + 2 * MLP_PARAMS * val_samples
+    flops = per_member_epoch * largest["population"] * largest["epochs"]
+    achieved = flops / largest["seconds"]
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    peak = 2 * n**3 / best
+    return {"per_member_epoch_flops": per_member_epoch, "population": largest["population"],
+            "achieved_gflops": achieved / 1e9, "matmul_n": n, "matmul_peak_gflops": peak / 1e9,
+            "fraction_of_peak": achieved / peak,
+            "estimate": "6 x params x train samples + 2 x params x val samples per member-epoch"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each arm (>= 3 advised)")
+    parser.add_argument("--quick", action="store_true", help="the 24-point default grid instead of the 384-point one")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        sys.exit("bench: --repeats must be >= 1")
+
+    grid = QUICK_GRID if args.quick else FULL_GRID
+    size = grid_size(grid)
+    arms = {"reference": lambda: run_json_arm("reference", REFERENCE, grid), "hpsearch": lambda: run_hpsearch_arm(grid)}
+    if YARDSTICK.exists():
+        arms["yardstick"] = lambda: run_json_arm("yardstick", YARDSTICK, grid)
+
+    print(f"bench: {'quick' if args.quick else 'full'} grid of {size} points x {EPOCHS} epochs on digits; "
+          f"arms {', '.join(arms)}, interleaved, {args.repeats} repeats; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    # Untimed warm-up, so that the first timed arm does not pay for a cold file cache.
+    subprocess.run([sys.executable, "-c", "import torch, optuna, sklearn.datasets, hpsearch.cli"], check=True)
+
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    started = time.perf_counter()
+    for repeat in range(1, args.repeats + 1):
+        for name, run in arms.items():
+            result = run()
+            result["repeat"] = repeat
+            runs[name].append(result)
+            print(f"  repeat {repeat} {name:<9} whole {result['whole_seconds']:7.2f} s  "
+                  f"search {result['search_seconds']:7.2f} s  best {result['best']:.4f}", flush=True)
+    summary = {name: summarise(rs) for name, rs in runs.items()}
+
+    print()
+    print(f"Grid search, {size} trials x {EPOCHS} epochs: medians of {args.repeats} whole-process runs")
+    header = f"{'arm':<10} {'whole s':>8} {'(min-max)':>15} {'search s':>9} {'trials/s whole':>15} {'trials/s search':>16} {'best val acc':>13}"
+    print(header)
+    print("-" * len(header))
+    for name, s in summary.items():
+        spread = f"({s['whole_min']:.1f}-{s['whole_max']:.1f})"
+        best = f"{s['best']:.4f}" + ("*" if len(s["best_all_runs"]) > 1 else "")
+        print(f"{name:<10} {s['whole_seconds']:8.2f} {spread:>15} {s['search_seconds']:9.2f} "
+              f"{s['whole_trials_per_s']:15.2f} {s['search_trials_per_s']:16.2f} {best:>13}")
+    if any(len(s["best_all_runs"]) > 1 for s in summary.values()):
+        print("  * the best value differed between repeats; the highest is shown")
+    if summary["hpsearch"]["completed"] < size:
+        print(f"  note: hpsearch completed {summary['hpsearch']['completed']} of {size} trials (others diverged)")
+
+    ref, hp = summary["reference"], summary["hpsearch"]
+    ratios = {"whole": ref["whole_seconds"] / hp["whole_seconds"], "search": ref["search_seconds"] / hp["search_seconds"]}
+    print()
+    print(f"hpsearch vs reference (reference time / hpsearch time): whole process {ratios['whole']:.2f}x, "
+          f"search alone {ratios['search']:.2f}x")
+    if "yardstick" in summary:
+        ys = summary["yardstick"]
+        ratios["yardstick_whole"] = ys["whole_seconds"] / ref["whole_seconds"]
+        ratios["yardstick_search"] = ys["search_seconds"] / ref["search_seconds"]
+        same = "same" if ys["best"] == ref["best"] else "DIFFERENT"
+        print(f"yardstick vs in-repo reference (yardstick time / reference time): whole process "
+              f"{ratios['yardstick_whole']:.2f}x, search alone {ratios['yardstick_search']:.2f}x "
+              f"(1.00 = agree; best val acc {same}: {ys['best']:.4f} vs {ref['best']:.4f})")
+    else:
+        print(f"yardstick {YARDSTICK} not found: the in-repo reference alone stands for plain Optuna")
+    print(f"(arms took {time.perf_counter() - started:.0f} s)", flush=True)
+
+    print()
+    print(f"Trainer alone (in-process train_population), batch size {SCALING_BATCH}, {SCALING_EPOCHS} epochs, "
+          f"best of 3 runs; trials/s scaled to {EPOCHS}-epoch trials (= member-epochs/s / {EPOCHS})")
+    curve = scaling_curve()
+    print(f"{'population':>10} {'seconds':>8} {'member-epochs/s':>16} {'trials/s (5 ep)':>16} {'vs pop 1':>9}")
+    for point in curve:
+        speedup = point["member_epochs_per_s"] / curve[0]["member_epochs_per_s"]
+        flag = f"  ({point['diverged']} diverged)" if point["diverged"] else ""
+        print(f"{point['population']:>10} {point['seconds']:8.3f} {point['member_epochs_per_s']:16.1f} "
+              f"{point['trials_per_s_at_5_epochs']:16.1f} {speedup:8.1f}x{flag}")
+
+    from hpsearch.tasks import load_task
+
+    task = load_task("digits")
+    rate = flop_rate(curve[-1], len(task.train[0]), len(task.val[0]))
+    print()
+    print(f"achieved {rate['achieved_gflops']:.2f} GFLOP/s in the trainer (6 x params x samples, population "
+          f"{rate['population']}; params {MLP_PARAMS}, {len(task.train[0])} training samples per epoch, plus the "
+          f"validation forward 2 x params x {len(task.val[0])}), vs a measured matmul peak of "
+          f"{rate['matmul_peak_gflops']:.1f} GFLOP/s on this machine ({100 * rate['fraction_of_peak']:.1f}% of it)")
+
+    import optuna
+    import torch
+
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({
+        "grid": grid, "grid_points": size, "epochs": EPOCHS, "quick": args.quick, "repeats": args.repeats,
+        "yardstick": str(YARDSTICK) if YARDSTICK.exists() else None,
+        "runs": runs, "summary": summary, "ratios": ratios,
+        "scaling": {"batch_size": SCALING_BATCH, "epochs": SCALING_EPOCHS, "curve": curve}, "flops": rate,
+        "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg(), "python": platform.python_version(),
+                    "torch": torch.__version__, "optuna": optuna.__version__, "torch_threads": torch.get_num_threads()},
+    }, indent=2) + "\n")
+    print(f"\nwrote {OUT.relative_to(ROOT)} (load average at the end {os.getloadavg()[0]:.2f})")
+
+
+if __name__ == "__main__":
+    main()
