@@ -69,15 +69,15 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
 
 def load_results(names: Sequence[str], storage: str | None = None) -> pd.DataFrame:
     """The ranked table of one or several studies."""
-    opened, shown = open_storage(storage, create=False)
+    store = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    frames = [trials_frame(load_study(opened, shown, name)) for name in names]
+    frames = [trials_frame(load_study(store.storage, store.shown, name)) for name in names]
     return rank(pd.concat(frames, ignore_index=True))
 
 
 def list_studies(storage: str | None = None) -> pd.DataFrame:
     """One row per study: name, command, task, trials finished and the best validation accuracy."""
-    opened, _ = open_storage(storage, create=False)
+    opened = open_storage(storage, create=False).storage
     rows = []
     for summary in opened.get_all_studies():
         settings = summary.user_attrs.get("hpsearch", {})

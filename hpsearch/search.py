@@ -28,7 +28,7 @@ from optuna.trial import Trial, TrialState
 
 from hpsearch.errors import BadInput, Interrupted, RuntimeFailure
 from hpsearch.spec import Config, Dimension, SearchSpace, StudySpec, make_config
-from hpsearch.storage import open_storage
+from hpsearch.storage import Store, open_storage
 
 SETTINGS_ATTR = "hpsearch"  # study user attribute: the settings a study was created with
 TPE_BATCH = 8  # TPE asks this many at once (constant liar); small keeps the search adaptive
@@ -126,8 +126,9 @@ def _sample(trial: Trial, space: SearchSpace) -> dict[str, float]:
 
 
 class _Runner:
-    def __init__(self, spec: StudySpec, study: optuna.Study, progress: ProgressCallback | None) -> None:
+    def __init__(self, spec: StudySpec, study: optuna.Study, store: Store, progress: ProgressCallback | None) -> None:
         self.spec = spec
+        self.store = store
         self.study = study
         self.progress = progress
         self.task = None  # loaded on first use: a finished study needs no data
@@ -166,8 +167,9 @@ class _Runner:
                 group_configs = [configs[i] for i in members]
 
                 def on_epoch(report: EpochReport) -> list[int]:
-                    for i, acc in zip(report.members, report.val_accuracy):
-                        group[i].report(acc, report.epoch)
+                    with self.store.batch():
+                        for i, acc in zip(report.members, report.val_accuracy):
+                            group[i].report(acc, report.epoch)
                     self._tick(len(group) * report.epoch / self.spec.epochs)
                     return []
 
@@ -177,21 +179,24 @@ class _Runner:
                     raise
                 except Exception as error:  # a failure of this population, not of the search
                     reason = f"{type(error).__name__}: {error}".splitlines()[0]
-                    for trial in group:
-                        self._fail(trial, "failed", reason)
-                        pending.pop(trial.number)
+                    with self.store.batch():
+                        for trial in group:
+                            self._fail(trial, "failed", reason)
+                            pending.pop(trial.number)
                     self.failed += len(group)
                     self.trained += len(group)
                     continue
-                for trial, result in zip(group, results):
-                    self._tell(trial, result)
-                    pending.pop(trial.number)
+                with self.store.batch():
+                    for trial, result in zip(group, results):
+                        self._tell(trial, result)
+                        pending.pop(trial.number)
                 self.trained += len(group)
                 self._tick()
         except KeyboardInterrupt:
-            for trial in pending.values():
-                self._fail(trial, "interrupted", "stopped by Ctrl-C; queued again for the next run")
-                self.study.enqueue_trial(trial.params)
+            with self.store.batch():
+                for trial in pending.values():
+                    self._fail(trial, "interrupted", "stopped by Ctrl-C; queued again for the next run")
+                    self.study.enqueue_trial(trial.params)
             raise Interrupted(
                 f"interrupted: {len(pending)} running trial(s) recorded as interrupted and queued again; "
                 f"re-run the same command to finish study '{self.spec.study}'"
@@ -231,9 +236,10 @@ class _Runner:
         trials = self.study.get_trials(deepcopy=False)
         taken = {param_config(t.params or t.system_attrs.get("fixed_params", {}), 0).key()
                  for t in trials if _finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
-        for p in points:
-            if make_config(p, 0).key() not in taken:
-                self.study.enqueue_trial(p)
+        with self.store.batch():
+            for p in points:
+                if make_config(p, 0).key() not in taken:
+                    self.study.enqueue_trial(p)
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         self.total = self.already + len(waiting)
         dists = _grid_distributions(points + [t.system_attrs["fixed_params"] for t in waiting])
@@ -241,7 +247,8 @@ class _Runner:
             self._load_task()
         self._tick()
         for start in range(0, len(waiting), self.spec.max_population):
-            asked = [self.study.ask(dists) for _ in waiting[start:start + self.spec.max_population]]
+            with self.store.batch():
+                asked = [self.study.ask(dists) for _ in waiting[start:start + self.spec.max_population]]
             self.run_batch(asked, [param_config(t.params, self.spec.seed) for t in asked])
 
     def sample(self, batch: int) -> None:
@@ -251,8 +258,9 @@ class _Runner:
             self._load_task()
         self._tick()
         while remaining > 0:
-            asked = [self.study.ask() for _ in range(min(batch, remaining))]
-            configs = [param_config(_sample(t, self.spec.space), self.spec.seed) for t in asked]
+            with self.store.batch():
+                asked = [self.study.ask() for _ in range(min(batch, remaining))]
+                configs = [param_config(_sample(t, self.spec.space), self.spec.seed) for t in asked]
             remaining -= len(asked)
             self.run_batch(asked, configs)
 
@@ -269,16 +277,17 @@ def _sampler(spec: StudySpec, history: int) -> optuna.samplers.BaseSampler:
 def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> SearchOutcome:
     """Run (or continue) the study ``spec`` describes; Ctrl-C raises Interrupted after recording."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage, shown = open_storage(spec.storage, create=True)
+    store = open_storage(spec.storage, create=True)
+    shown = store.shown
     try:
-        study = optuna.create_study(storage=storage, study_name=spec.study, direction="maximize", load_if_exists=True)
+        study = optuna.create_study(storage=store.storage, study_name=spec.study, direction="maximize", load_if_exists=True)
     except Exception as error:  # storage errors: one line, password hidden
         raise RuntimeFailure(f"cannot open study '{spec.study}' in {shown}: {type(error).__name__}") from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise BadInput(f"study '{spec.study}' in {shown} is not an hpsearch study; choose another --study name")
     _check_settings(study, spec)
     study.sampler = _sampler(spec, len(study.get_trials(deepcopy=False)))
-    runner = _Runner(spec, study, progress)
+    runner = _Runner(spec, study, store, progress)
     if spec.command == "grid":
         runner.grid()
     else:

@@ -77,11 +77,6 @@ def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
-def _view(per_member: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-    """Shape a (P,) tensor to broadcast against a stacked (P, ...) tensor."""
-    return per_member.view((-1,) + (1,) * (tensor.dim() - 1))
-
-
 def _fused_mlp(model: nn.Module) -> Callable[..., torch.Tensor] | None:
     """The batched forward of an nn.Sequential of Linear and ReLU layers as baddbmm calls.
 
@@ -135,12 +130,22 @@ def train_population(
     models = []
     with torch.random.fork_rng(devices=[]):
         for c in configs:
-            torch.manual_seed(c.seed)
+            # The CPU generator is what initialises a model built on the CPU; torch.manual_seed
+            # would also seed every accelerator backend, at ~1 ms a call.
+            torch.default_generator.manual_seed(c.seed)
             models.append(task.make_model())
     stacked, buffers = stack_module_state(models)
-    params = {k: v.detach().to(device).requires_grad_() for k, v in stacked.items()}
+    # All parameters of a member in one row of a (P, N) tensor: the SGD step is four operations
+    # for the whole population, and each parameter is a view of its slice.
+    names = list(stacked)
+    shapes = [tuple(v.shape[1:]) for v in stacked.values()]
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = torch.cat([v.detach().reshape(len(configs), -1) for v in stacked.values()], 1).to(device).requires_grad_()
     buffers = {k: v.to(device) for k, v in buffers.items()}
     base = models[0].to("meta")
+
+    def unflatten(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: part.view(-1, *shape) for name, shape, part in zip(names, shapes, rows.split(sizes, 1))}
 
     def forward_one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(base, (p, b), (x,))
@@ -152,11 +157,11 @@ def train_population(
     ids = list(range(len(configs)))  # original index of each row still training
     results = [MemberResult(c) for c in configs]
     generators = [torch.Generator().manual_seed(c.seed) for c in configs]
-    lr = _per_member([c.lr for c in configs], x_train)
-    wd = _per_member([c.weight_decay for c in configs], x_train)
-    mom = _per_member([c.momentum for c in configs], x_train)
-    velocity = {k: torch.zeros_like(v) for k, v in params.items()}
-    first_loss: torch.Tensor | None = None
+    lr = _per_member([c.lr for c in configs], x_train).unsqueeze(1)
+    wd = _per_member([c.weight_decay for c in configs], x_train).unsqueeze(1)
+    mom = _per_member([c.momentum for c in configs], x_train).unsqueeze(1)
+    velocity = torch.zeros_like(flat)
+    limit: torch.Tensor | None = None
 
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
@@ -169,27 +174,25 @@ def train_population(
         base.train()
         for step in range(steps):
             index = order[:, step * batch_size:(step + 1) * batch_size]
-            logits = forward(params, buffers, x_train[index])
+            logits = forward(unflatten(flat), buffers, x_train[index])
             losses = F.cross_entropy(logits.flatten(0, 1), y_train[index].flatten(), reduction="none")
             losses = losses.view(rows, -1).mean(1)
-            grads = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), list(params.values()))
+            (grad,) = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), flat)
             with torch.no_grad():
                 loss = losses.detach()
-                if first_loss is None:
-                    first_loss = loss.clone()
-                bad = alive & (~torch.isfinite(loss) | (loss > DIVERGENCE_FACTOR * first_loss))
+                if limit is None:
+                    limit = DIVERGENCE_FACTOR * loss
+                bad = alive & ~(loss <= limit)  # also true for NaN and inf
                 bad_step = torch.where(bad, step + 1, bad_step)
                 bad_loss = torch.where(bad, loss, bad_loss)
                 alive &= ~bad
                 loss_sum += torch.where(alive, loss, 0.0)
-                step_size = lr * alive
-                for (name, p), g in zip(params.items(), grads):
-                    v = velocity[name]
-                    v.mul_(_view(mom, v)).add_(g + _view(wd, p) * p)
-                    p.sub_(_view(step_size, p) * v)
+                # torch.optim.SGD: d = g + wd * p; v = momentum * v + d; p = p - lr * v
+                velocity.mul_(mom).add_(torch.addcmul(grad, flat, wd))
+                flat.addcmul_((lr * alive.unsqueeze(1)), velocity, value=-1.0)
         with torch.no_grad():
             base.eval()
-            logits = forward_shared(params, buffers, x_val)
+            logits = forward_shared(unflatten(flat), buffers, x_val)
             val_losses = F.cross_entropy(logits.flatten(0, 1), y_val.repeat(rows), reduction="none").view(rows, -1).mean(1)
             val_acc = (logits.argmax(-1) == y_val).float().mean(1)
             stats = torch.stack([loss_sum / steps, val_losses, val_acc, alive.float(), bad_step.float(), bad_loss]).cpu()
@@ -231,15 +234,16 @@ def train_population(
         if epoch == epochs:
             keep_rows = []
         if len(keep_rows) < rows:
+            params = unflatten(flat.detach())
             for row, i in enumerate(ids):
                 if row not in keep_rows:
-                    results[i].params = {k: v[row].detach().cpu() for k, v in params.items()}
+                    results[i].params = {k: v[row].cpu() for k, v in params.items()}
             keep = torch.tensor(keep_rows, dtype=torch.long, device=device)
             ids = [ids[row] for row in keep_rows]
-            params = {k: v.detach()[keep].requires_grad_() for k, v in params.items()}
-            velocity = {k: v[keep] for k, v in velocity.items()}
+            flat = flat.detach()[keep].requires_grad_()
+            velocity = velocity[keep]
             buffers = {k: v[keep] for k, v in buffers.items()}
-            lr, wd, mom, first_loss = lr[keep], wd[keep], mom[keep], first_loss[keep]
+            lr, wd, mom, limit = lr[keep], wd[keep], mom[keep], limit[keep]
         if not ids:
             break
     return results

@@ -169,3 +169,16 @@ def test_ctrl_c_records_interrupted_trials_and_the_rerun_completes(workdir):
     assert len(finished) == 384 and len(set(finished)) == 384
     assert all(trials[n].value == v for n, v in done_before.items())
     assert re.search(r"Trained \d+ trials", rerun.stdout)
+
+
+def test_any_optuna_storage_url_and_the_environment_default(workdir, monkeypatch):
+    url = f"sqlite:///{workdir / 'x.db'}"
+    result = run("grid", "--study", "q", "--storage", url, *TINY)
+    assert result.exit_code == 0, result.output
+    import optuna
+
+    assert len(optuna.load_study(study_name="q", storage=url).trials) == 8
+    monkeypatch.setenv("HPSEARCH_STORAGE", str(workdir / "elsewhere.journal"))
+    assert run("grid", "--study", "e", *TINY).exit_code == 0
+    assert (workdir / "elsewhere.journal").exists() and not (workdir / "studies").exists()
+    assert run("report", "e", "--format", "csv").stdout.count("\n") == 9  # header + 8 rows
