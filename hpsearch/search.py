@@ -175,8 +175,6 @@ class _Runner:
 
                 try:
                     results = train_population(task, group_configs, self.spec.epochs, on_epoch)
-                except (KeyboardInterrupt, Interrupted):
-                    raise
                 except Exception as error:  # a failure of this population, not of the search
                     reason = f"{type(error).__name__}: {error}".splitlines()[0]
                     with self.store.batch():
@@ -193,14 +191,29 @@ class _Runner:
                 self.trained += len(group)
                 self._tick()
         except KeyboardInterrupt:
+            self._interrupted(list(pending.values()))
+
+    def _interrupted(self, trials: list[Trial]) -> None:
+        """Ctrl-C: record the running trials as interrupted, queue their configurations again, stop."""
+        with self.store.batch():
+            for trial in trials:
+                self._fail(trial, "interrupted", "stopped by Ctrl-C; queued again for the next run")
+                self.study.enqueue_trial(trial.params)
+        raise Interrupted(
+            f"interrupted: {len(trials)} running trial(s) recorded as interrupted and queued again; "
+            f"re-run the same command to finish study '{self.spec.study}'"
+        ) from None
+
+    def _ask(self, count: int, distributions: dict[str, BaseDistribution] | None = None) -> list[Trial]:
+        """Pop or sample ``count`` trials in one batch of writes; Ctrl-C leaves none RUNNING."""
+        asked: list[Trial] = []
+        try:
             with self.store.batch():
-                for trial in pending.values():
-                    self._fail(trial, "interrupted", "stopped by Ctrl-C; queued again for the next run")
-                    self.study.enqueue_trial(trial.params)
-            raise Interrupted(
-                f"interrupted: {len(pending)} running trial(s) recorded as interrupted and queued again; "
-                f"re-run the same command to finish study '{self.spec.study}'"
-            ) from None
+                for _ in range(count):
+                    asked.append(self.study.ask(distributions))
+        except KeyboardInterrupt:
+            self._interrupted(asked)
+        return asked
 
     def _fail(self, trial: Trial, outcome: str, reason: str) -> None:
         trial.set_user_attr("outcome", outcome)
@@ -247,8 +260,7 @@ class _Runner:
             self._load_task()
         self._tick()
         for start in range(0, len(waiting), self.spec.max_population):
-            with self.store.batch():
-                asked = [self.study.ask(dists) for _ in waiting[start:start + self.spec.max_population]]
+            asked = self._ask(len(waiting[start:start + self.spec.max_population]), dists)
             self.run_batch(asked, [param_config(t.params, self.spec.seed) for t in asked])
 
     def sample(self, batch: int) -> None:
@@ -258,8 +270,8 @@ class _Runner:
             self._load_task()
         self._tick()
         while remaining > 0:
+            asked = self._ask(min(batch, remaining))
             with self.store.batch():
-                asked = [self.study.ask() for _ in range(min(batch, remaining))]
                 configs = [param_config(_sample(t, self.spec.space), self.spec.seed) for t in asked]
             remaining -= len(asked)
             self.run_batch(asked, configs)
