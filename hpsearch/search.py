@@ -19,8 +19,11 @@ Trial attributes written here (the names later stages and scripts read):
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -138,6 +141,7 @@ class _Runner:
         self.trained = 0
         self.failed = 0
         self.total = 0
+        self._depth = 0  # nesting of _writes()
 
     def _tick(self, extra: float = 0.0) -> None:
         if self.progress:
@@ -167,7 +171,7 @@ class _Runner:
                 group_configs = [configs[i] for i in members]
 
                 def on_epoch(report: EpochReport) -> list[int]:
-                    with self.store.batch():
+                    with self._writes():
                         for i, acc in zip(report.members, report.val_accuracy):
                             group[i].report(acc, report.epoch)
                     self._tick(len(group) * report.epoch / self.spec.epochs)
@@ -177,14 +181,14 @@ class _Runner:
                     results = train_population(task, group_configs, self.spec.epochs, on_epoch)
                 except Exception as error:  # a failure of this population, not of the search
                     reason = f"{type(error).__name__}: {error}".splitlines()[0]
-                    with self.store.batch():
+                    with self._writes():
                         for trial in group:
                             self._fail(trial, "failed", reason)
                             pending.pop(trial.number)
                     self.failed += len(group)
                     self.trained += len(group)
                     continue
-                with self.store.batch():
+                with self._writes():
                     for trial, result in zip(group, results):
                         self._tell(trial, result)
                         pending.pop(trial.number)
@@ -193,9 +197,31 @@ class _Runner:
         except KeyboardInterrupt:
             self._interrupted(list(pending.values()))
 
+    @contextlib.contextmanager
+    def _writes(self, swallow: bool = False) -> Iterator[None]:
+        """Write to the storage in one batch, with Ctrl-C held back until the writes are done.
+
+        So no write is cut in half, and Ctrl-C lands only where the trials in flight are known
+        (popping a waiting trial and recording its parameters is not one write).
+        """
+        caught: list[int] = []
+        previous = None
+        if self._depth == 0 and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, lambda *_: caught.append(1))
+        self._depth += 1
+        try:
+            with self.store.batch():
+                yield
+        finally:
+            self._depth -= 1
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if caught and not swallow:
+            raise KeyboardInterrupt
+
     def _interrupted(self, trials: list[Trial]) -> None:
         """Ctrl-C: record the running trials as interrupted, queue their configurations again, stop."""
-        with self.store.batch():
+        with self._writes(swallow=True):
             for trial in trials:
                 self._fail(trial, "interrupted", "stopped by Ctrl-C; queued again for the next run")
                 self.study.enqueue_trial(trial.params)
@@ -208,7 +234,7 @@ class _Runner:
         """Pop or sample ``count`` trials in one batch of writes; Ctrl-C leaves none RUNNING."""
         asked: list[Trial] = []
         try:
-            with self.store.batch():
+            with self._writes():
                 for _ in range(count):
                     asked.append(self.study.ask(distributions))
         except KeyboardInterrupt:
@@ -249,7 +275,7 @@ class _Runner:
         trials = self.study.get_trials(deepcopy=False)
         taken = {param_config(t.params or t.system_attrs.get("fixed_params", {}), 0).key()
                  for t in trials if _finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
-        with self.store.batch():
+        with self._writes():
             for p in points:
                 if make_config(p, 0).key() not in taken:
                     self.study.enqueue_trial(p)
@@ -271,7 +297,7 @@ class _Runner:
         self._tick()
         while remaining > 0:
             asked = self._ask(min(batch, remaining))
-            with self.store.batch():
+            with self._writes():
                 configs = [param_config(_sample(t, self.spec.space), self.spec.seed) for t in asked]
             remaining -= len(asked)
             self.run_batch(asked, configs)
@@ -300,9 +326,12 @@ def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> Sea
     _check_settings(study, spec)
     study.sampler = _sampler(spec, len(study.get_trials(deepcopy=False)))
     runner = _Runner(spec, study, store, progress)
-    if spec.command == "grid":
-        runner.grid()
-    else:
-        runner.sample(TPE_BATCH if spec.command == "tpe" else RANDOM_BATCH)
+    try:
+        if spec.command == "grid":
+            runner.grid()
+        else:
+            runner.sample(TPE_BATCH if spec.command == "tpe" else RANDOM_BATCH)
+    except KeyboardInterrupt:  # between populations: no trial was in flight
+        raise Interrupted(f"interrupted; re-run the same command to finish study '{spec.study}'") from None
     return SearchOutcome(spec.study, shown, runner.trained, runner.already, runner.failed)
 

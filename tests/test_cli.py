@@ -134,7 +134,8 @@ def test_report_and_help_do_not_import_torch(workdir):
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=workdir)
 
 
-def test_ctrl_c_records_interrupted_trials_and_the_rerun_completes(workdir):
+@pytest.mark.parametrize("when", ['"state":4', '"state":1'])  # grid enqueued / first trials told
+def test_ctrl_c_records_interrupted_trials_and_the_rerun_completes(workdir, when):
     """A real SIGINT to a real process: exit 130, nothing left RUNNING, then every point once."""
     args = [sys.executable, "-m", "hpsearch", "grid", "--study", "s", "--lr", "1e-4:1e-1:8",
             "--weight-decay", "0,1e-5:1e-3:3", "--batch-size", "16:128", "--momentum", "0.5,0.9,0.99",
@@ -144,14 +145,14 @@ def test_ctrl_c_records_interrupted_trials_and_the_rerun_completes(workdir):
     journal = workdir / "studies" / "hpsearch.journal"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:  # wait for the first told trials
-        if journal.exists() and journal.read_text().count('"state":1') >= 1:
+        if journal.exists() and when in journal.read_text():
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert "Best: val acc" in out  # the results so far are printed
+    assert "Best: val acc" in out or "No trial completed" in out  # the results so far are printed
 
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
