@@ -12,7 +12,7 @@ from typing import Any, Callable
 import click
 
 from hpsearch.errors import HpsearchError, Interrupted
-from hpsearch.spec import DEFAULT_EPOCHS, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, SAMPLED_DEFAULTS
+from hpsearch.spec import DEFAULT_EPOCHS, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, PRUNERS, SAMPLED_DEFAULTS
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
 
@@ -92,6 +92,8 @@ def _search_options(defaults: dict[str, str], sampled: bool) -> Callable[[Callab
         click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
                      "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]"),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX."),
+        click.option("--prune", type=click.Choice(PRUNERS), default="none", show_default=True,
+                     help="Stop poor trials early (Optuna's pruners); pruned members leave the population."),
     ]
     if sampled:
         options.append(click.option("--trials", type=int, default=DEFAULT_TRIALS, show_default=True,

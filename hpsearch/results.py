@@ -14,6 +14,7 @@ COLUMNS = [
     "val_accuracy", "val_loss", "train_loss", "outcome", "seconds", "reason",
 ]
 METRICS = ["val_accuracy", "val_loss", "train_loss"]
+_LAST = ["pruned", "diverged", "failed", "interrupted", "running"]  # the order of rows without a result
 _OUTCOME = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "diverged", TrialState.FAIL: "failed",
             TrialState.RUNNING: "running"}
 
@@ -58,7 +59,9 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     """Best first (higher validation accuracy, then lower validation loss); the rest last, unranked."""
     ok = frame[frame["outcome"] == "completed"].sort_values(
         ["val_accuracy", "val_loss", "study", "trial"], ascending=[False, True, True, True])
-    rest = frame[frame["outcome"] != "completed"].sort_values(["outcome", "study", "trial"])
+    rest = frame[frame["outcome"] != "completed"]
+    order = rest["outcome"].map({o: i for i, o in enumerate(_LAST)}).fillna(len(_LAST))
+    rest = rest.assign(_order=order).sort_values(["_order", "study", "trial"]).drop(columns="_order")
     ok = ok.assign(rank=range(1, len(ok) + 1))
     out = pd.concat([ok, rest.assign(rank=pd.NA)], ignore_index=True) if len(rest) else ok.reset_index(drop=True)
     out["rank"] = out["rank"].astype("Int64")

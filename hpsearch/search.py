@@ -6,7 +6,7 @@ and tells the outcome. What it writes opens with plain ``optuna.load_study``.
 
 Trial attributes written here (the names later stages and scripts read):
 
-    outcome        completed | diverged | failed | interrupted
+    outcome        completed | diverged | pruned | failed | interrupted
     reason         why a trial did not complete (empty when it did)
     epochs         epochs trained
     train_loss     per-epoch mean training loss (list)
@@ -15,7 +15,7 @@ Trial attributes written here (the names later stages and scripts read):
     seconds        the trial's share of its population's wall time
     step_ms        mean wall time of one training step of its population, in milliseconds
     seed           the configuration's seed (from --seed and the values)
-    stopped_epoch  the epoch a diverged trial stopped in; diverged_step: the step within it
+    stopped_epoch  the epoch a diverged or pruned trial stopped in; diverged_step: the step within it
 """
 from __future__ import annotations
 
@@ -174,8 +174,11 @@ class _Runner:
                     with self._writes():
                         for i, acc in zip(report.members, report.val_accuracy):
                             group[i].report(acc, report.epoch)
+                        last = report.epoch == self.spec.epochs
+                        prune = [] if last or self.spec.prune == "none" else [
+                            i for i in report.members if group[i].should_prune()]
                     self._tick(len(group) * report.epoch / self.spec.epochs)
-                    return []
+                    return prune
 
                 try:
                     results = train_population(task, group_configs, self.spec.epochs, on_epoch)
@@ -258,8 +261,12 @@ class _Runner:
             "step_ms": round(result.step_ms, 4),
             "seed": result.config.seed,
         }
-        if result.outcome == "diverged":
+        if result.outcome == "stopped":  # the trainer stops what the pruner asks it to
+            attrs["outcome"] = "pruned"
+            attrs["reason"] = f"pruned by {self.spec.prune} after epoch {result.stopped_epoch}"
+        if result.outcome != "completed":
             attrs["stopped_epoch"] = result.stopped_epoch
+        if result.outcome == "diverged":
             attrs["diverged_step"] = result.diverged_step
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -268,7 +275,7 @@ class _Runner:
             self.study.tell(trial, value)
             self.best = value if self.best is None else max(self.best, value)
         else:
-            self.study.tell(trial, state=TrialState.PRUNED)  # TPE still learns from its curve
+            self.study.tell(trial, state=TrialState.PRUNED)  # diverged or pruned: TPE still learns from the curve
 
     def grid(self) -> None:
         points = self.spec.space.grid()
@@ -312,13 +319,25 @@ def _sampler(spec: StudySpec, history: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """Optuna's pruners, set for populations: every member of a population reports each epoch at once."""
+    if spec.prune == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if spec.prune == "asha":  # min_resource 1: "auto" waits for a completed trial, which a first population lacks
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if spec.prune == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
 def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> SearchOutcome:
     """Run (or continue) the study ``spec`` describes; Ctrl-C raises Interrupted after recording."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(spec.storage, create=True)
     shown = store.shown
     try:
-        study = optuna.create_study(storage=store.storage, study_name=spec.study, direction="maximize", load_if_exists=True)
+        study = optuna.create_study(storage=store.storage, study_name=spec.study, direction="maximize",
+                                    load_if_exists=True, pruner=_pruner(spec))
     except Exception as error:  # storage errors: one line, password hidden
         raise RuntimeFailure(f"cannot open study '{spec.study}' in {shown}: {type(error).__name__}") from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:

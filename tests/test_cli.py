@@ -183,3 +183,14 @@ def test_any_optuna_storage_url_and_the_environment_default(workdir, monkeypatch
     assert run("grid", "--study", "e", *TINY).exit_code == 0
     assert (workdir / "elsewhere.journal").exists() and not (workdir / "studies").exists()
     assert run("report", "e", "--format", "csv").stdout.count("\n") == 9  # header + 8 rows
+
+
+def test_pruned_trials_show_as_such_with_their_epoch(workdir):
+    result = run("grid", "--study", "p", "--prune", "asha", "--lr", "1,1e-1,1e-2,1e-3,1e-4", "--weight-decay", "0",
+                 "--batch-size", "64,128", "--epochs", "4")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(run("report", "p", "--format", "csv").stdout)))
+    pruned = [r for r in rows if r["outcome"] == "pruned"]
+    assert pruned and all(re.fullmatch(r"pruned by asha after epoch [123]", r["reason"]) for r in pruned)
+    assert all(r["rank"] == "" and r["val_accuracy"] == "" for r in pruned)
+    assert rows[0]["outcome"] == "completed"

@@ -110,3 +110,28 @@ def test_changing_results_settings_on_an_existing_study_is_refused(workdir):
         run_search(build_spec("grid", study="g", **{**TINY, "epochs": 3}))
     with pytest.raises(BadInput, match="command=grid, not random"):
         run_search(build_spec("random", study="g", trials=2, epochs=1))
+
+
+SMALL = {"lr": "1,1e-1,1e-2,1e-3,1e-4", "weight_decay": "0", "batch_size": "64,128", "momentum": "0.9", "epochs": 4}
+
+
+@pytest.mark.parametrize("pruner", ["asha", "median", "hyperband"])
+def test_pruned_members_leave_the_population_and_the_best_survives(workdir, pruner):
+    run_search(build_spec("grid", study="full", **SMALL))
+    run_search(build_spec("grid", study="pruned", prune=pruner, **SMALL))
+    full, pruned = load("full"), load("pruned")
+    stopped = [t for t in pruned.trials if t.user_attrs["outcome"] == "pruned"]
+    assert stopped, "nothing was pruned"
+    for t in stopped:
+        assert t.state == TrialState.PRUNED and t.user_attrs["stopped_epoch"] < 4
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["stopped_epoch"] + 1))
+        assert len(t.user_attrs["val_accuracy"]) == t.user_attrs["stopped_epoch"] == t.user_attrs["epochs"]
+    assert pruned.best_value >= full.best_value - 0.02
+
+
+def test_random_and_tpe_prune_too(workdir):
+    for command in ("random", "tpe"):
+        run_search(build_spec(command, study=command, trials=16, epochs=3, batch_size="128", prune="asha"))
+        states = Counter(t.state for t in load(command).trials)
+        assert states[TrialState.PRUNED] >= 1 and states[TrialState.COMPLETE] >= 1
+        assert sum(states.values()) == 16
