@@ -16,7 +16,6 @@ and its arithmetic rate against a measured matmul peak. Everything also goes to 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform

@@ -228,9 +228,11 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, top: int | N
             click.echo(text, nl=False)
             return
     else:
+        import io
+
         from rich.console import Console
 
-        console = _console() if output is None else Console(record=True, width=200, file=open(os.devnull, "w"))
+        console = _console() if output is None else Console(record=True, width=200, file=io.StringIO())
         console.print(table(frame, title=f"Study {', '.join(studies)}: best first"))
         console.print(best_line(frame))
         if output is None:

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from hpsearch.search import Progress as SearchProgress
 
 FORMATS = ("table", "csv")
 
@@ -75,7 +78,7 @@ def studies_table(frame: pd.DataFrame) -> Table:
 
 
 @contextlib.contextmanager
-def progress_bar(console: Console, description: str) -> Iterator[Callable[[object], None]]:
+def progress_bar(console: Console, description: str) -> Iterator[Callable[[SearchProgress], None]]:
     """A live bar: trials done of total, best so far, elapsed time and ETA. Yields the update callback."""
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
@@ -84,12 +87,10 @@ def progress_bar(console: Console, description: str) -> Iterator[Callable[[objec
     bar = Progress(*columns, console=console, transient=False)
     task = bar.add_task(description, total=None, best="-")
 
-    def update(p: object) -> None:
+    def update(p: SearchProgress) -> None:
         if not bar.live.is_started:  # started on the first news, so an early error shows no bar
             bar.start()
-        best = getattr(p, "best")
-        bar.update(task, completed=getattr(p, "done"), total=getattr(p, "total") or None,
-                   best="-" if best is None else f"{best:.4f}")
+        bar.update(task, completed=p.done, total=p.total or None, best="-" if p.best is None else f"{p.best:.4f}")
 
     try:
         yield update

@@ -7,6 +7,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.search import decode_params
 from hpsearch.storage import load_study, open_storage
 
 COLUMNS = [
@@ -21,9 +22,7 @@ _OUTCOME = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "diverged", Tri
 
 def _row(study: str, t: FrozenTrial) -> dict[str, object]:
     attrs = t.user_attrs
-    params = dict(t.params)
-    if params.pop("weight_decay_zero", False):
-        params["weight_decay"] = 0.0
+    params = decode_params(t.params)
     outcome = attrs.get("outcome", _OUTCOME.get(t.state, t.state.name.lower()))
     completed = t.state == TrialState.COMPLETE
     curves = {m: attrs.get(m) or [] for m in METRICS}

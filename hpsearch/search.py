@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import Trial, TrialState
 
 from hpsearch.errors import BadInput, Interrupted, RuntimeFailure
@@ -83,12 +83,17 @@ def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
             )
 
 
-def param_config(params: dict[str, object], seed: int) -> Config:
-    """A trial's configuration from its stored parameters (weight decay may be encoded as zero)."""
+def decode_params(params: dict[str, object]) -> dict[str, object]:
+    """The four values from a trial's stored parameters (weight decay may be stored as zero)."""
     values = dict(params)
     if values.pop("weight_decay_zero", False):
         values["weight_decay"] = 0.0
-    return make_config(values, seed)  # type: ignore[arg-type]
+    return values
+
+
+def param_config(params: dict[str, object], seed: int) -> Config:
+    """A trial's configuration from its stored parameters."""
+    return make_config(decode_params(params), seed)  # type: ignore[arg-type]
 
 
 # --- how each command's space is stored in Optuna (one distribution per name, see README) ---
@@ -170,7 +175,7 @@ class _Runner:
                 group = [trials[i] for i in members]
                 group_configs = [configs[i] for i in members]
 
-                def on_epoch(report: EpochReport) -> list[int]:
+                def on_epoch(report: EpochReport, group: list[Trial] = group) -> list[int]:
                     with self._writes():
                         for i, acc in zip(report.members, report.val_accuracy):
                             group[i].report(acc, report.epoch)

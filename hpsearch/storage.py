@@ -40,7 +40,7 @@ class _Batch:
     Measured on the 384-point benchmark grid: 8,065 writes cost 2.2 s one fsync each.
     """
 
-    def __init__(self, backend: "BatchingJournalFile") -> None:
+    def __init__(self, backend: Any) -> None:  # a BatchingJournalFile
         self.backend = backend
 
     def __enter__(self) -> None:
