@@ -1,7 +1,8 @@
 """The population trainer: plain PyTorch, and it knows nothing of Optuna.
 
 Configurations that share a task and a batch size train together as one batched model:
-parameters stacked per member, one vmapped forward, one backward over the summed member losses,
+parameters stacked per member, one batched forward (baddbmm for Linear/ReLU stacks, otherwise
+vmap(functional_call)), one backward over the summed member losses,
 and a vectorised SGD step with per-member learning rate, weight decay and momentum
 (``torch.optim.SGD`` semantics: coupled weight decay, dampening 0, no Nesterov).
 Each member has its own seed for initialisation and data order, so a member ends where the same
@@ -96,9 +97,9 @@ def _fused_mlp(models: list[nn.Module], device: torch.device) -> _Batched | None
     """An nn.Sequential of Linear and ReLU layers as baddbmm calls on weights stored transposed.
 
     The same arithmetic as vmap(functional_call), without its dispatch cost, and with weights
-    laid out (P, in, out) so that neither the forward nor the backward copies a transpose:
-    measured on digits, a population step took 2.2 ms through vmap-free autograd on (P, out, in)
-    views, most of it in copies and a concatenation rather than in the five matrix products.
+    laid out (P, in, out) so that the backward copies no transpose. Measured on digits (64
+    members, batch size 16): a step took 2.2 ms with all parameters as views of one flat
+    tensor (autograd concatenated the gradients each step) and 1.5 ms in this layout.
     """
     if not isinstance(models[0], nn.Sequential):
         return None
