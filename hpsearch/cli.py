@@ -48,8 +48,10 @@ def _console(stderr: bool = False):  # noqa: ANN202
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # Not a terminal (a file, a pipe, CliRunner): wide enough that the table is never squeezed.
-    return Console(file=stream, width=None if stream.isatty() else 200)
+    # Not a terminal (a file, a pipe, CliRunner): wide enough that the table is never squeezed,
+    # unless COLUMNS says otherwise (rich reads it).
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(file=stream, width=200 if wide else None)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -111,7 +113,7 @@ def _run(command: str, **flags: Any) -> None:
     """Run a search with a live progress bar, then print the ranked table."""
     import time
 
-    from hpsearch.report import best_line, progress_bar, table
+    from hpsearch.report import best_line, failure_lines, progress_bar, table
     from hpsearch.results import load_results
     from hpsearch.search import run_search
     from hpsearch.spec import build_spec
@@ -127,7 +129,9 @@ def _run(command: str, **flags: Any) -> None:
     seconds = time.perf_counter() - started
     frame = load_results([spec.study], spec.storage)
     console = _console()
-    console.print(table(frame, TOP_ROWS, title=f"Study {spec.study}: best first"))
+    console.print(table(frame, TOP_ROWS, title=f"Study {spec.study}: best first", width=console.width))
+    for line in failure_lines(frame):
+        console.print(line, style="red")
     console.print(best_line(frame))
     if outcome is not None:
         if outcome.trained == 0:
@@ -213,7 +217,7 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, top: int | N
       hpsearch report coarse
       hpsearch report coarse --format csv --output coarse.csv
     """
-    from hpsearch.report import best_line, studies_table, table, to_csv
+    from hpsearch.report import best_line, failure_lines, studies_table, table, to_csv
     from hpsearch.results import list_studies, load_results
 
     if not studies:
@@ -233,7 +237,9 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, top: int | N
         from rich.console import Console
 
         console = _console() if output is None else Console(record=True, width=200, file=io.StringIO())
-        console.print(table(frame, title=f"Study {', '.join(studies)}: best first"))
+        console.print(table(frame, title=f"Study {', '.join(studies)}: best first", width=console.width))
+        for line in failure_lines(frame):
+            console.print(line, style="red")
         console.print(best_line(frame))
         if output is None:
             return

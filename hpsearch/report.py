@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -15,10 +16,10 @@ if TYPE_CHECKING:
 
 FORMATS = ("table", "csv")
 
-_HEADERS = {
-    "rank": "#", "lr": "lr", "weight_decay": "weight decay", "batch_size": "batch", "momentum": "momentum",
-    "epochs": "epochs", "val_accuracy": "val acc", "val_loss": "val loss", "train_loss": "train loss",
-    "outcome": "outcome", "seconds": "seconds",
+_HEADERS = {  # two-line headers keep the table inside an 80-column terminal
+    "rank": "\n#", "lr": "\nlr", "weight_decay": "weight\ndecay", "batch_size": "batch\nsize",
+    "momentum": "\nmomentum", "epochs": "\nepochs", "val_accuracy": "val\nacc", "val_loss": "val\nloss",
+    "train_loss": "train\nloss", "outcome": "\noutcome", "seconds": "\nsecs",
 }
 
 
@@ -34,22 +35,44 @@ def _cell(column: str, value: object) -> str:
     return str(value)
 
 
-def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None) -> Table:
-    """The ranked rows as a rich Table; failed and diverged rows dimmed, with their reason."""
+def _outcome(record: dict) -> str:
+    """Short enough for a table cell: 'diverged (epoch 2)'; the full reason is in CSV and below failures."""
+    epoch = record.get("stopped_epoch")
+    if record["outcome"] in ("diverged", "pruned") and epoch is not None and epoch is not pd.NA:
+        return f"{record['outcome']} (ep {epoch})"
+    return str(record["outcome"])
+
+
+# Columns a narrow terminal drops first (the CSV always has every column).
+_OPTIONAL = [("seconds", 112), ("epochs", 104), ("train_loss", 96)]
+
+
+def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None, width: int = 200) -> Table:
+    """The ranked rows as a rich Table for a terminal ``width`` wide; rows without a result dimmed, last."""
     several = frame["study"].nunique() > 1
     columns = ["rank"] + (["study"] if several else []) + ["trial"] + list(_HEADERS)[1:]
-    out = Table(title=title, header_style="bold", title_justify="left")
+    columns = [c for c in columns if not any(c == name and width < needed for name, needed in _OPTIONAL)]
+    out = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD,
+                collapse_padding=True, pad_edge=False)
     for c in columns:
-        out.add_column(_HEADERS.get(c, c), justify="left" if c in ("outcome", "study") else "right")
+        out.add_column(_HEADERS.get(c, "\n" + c), justify="left" if c in ("outcome", "study") else "right",
+                       no_wrap=True)
     shown = frame if top is None else frame.head(top)
     for record in shown.to_dict("records"):
-        cells = [_cell(c, record[c]) for c in columns]
-        if record["outcome"] != "completed" and record["reason"]:
-            cells[-2] = f"{record['outcome']}: {record['reason']}"
+        cells = [_outcome(record) if c == "outcome" else _cell(c, record[c]) for c in columns]
         out.add_row(*cells, style=None if record["outcome"] == "completed" else "dim")
     if top is not None and len(frame) > top:
         out.caption = f"top {top} of {len(frame)} trials"
     return out
+
+
+def failure_lines(frame: pd.DataFrame, most: int = 5) -> list[str]:
+    """One line per failed trial with its reason (diverged and pruned ones explain themselves)."""
+    failed = frame[frame["outcome"] == "failed"]
+    lines = [f"trial {r.trial} failed: {r.reason}" for r in failed.head(most).itertuples()]
+    if len(failed) > most:
+        lines.append(f"... and {len(failed) - most} more failed trials (hpsearch report --format csv has every reason)")
+    return lines
 
 
 def best_line(frame: pd.DataFrame) -> str:

@@ -12,7 +12,7 @@ from hpsearch.storage import load_study, open_storage
 
 COLUMNS = [
     "rank", "study", "trial", "lr", "weight_decay", "batch_size", "momentum", "epochs",
-    "val_accuracy", "val_loss", "train_loss", "outcome", "seconds", "reason",
+    "val_accuracy", "val_loss", "train_loss", "outcome", "stopped_epoch", "seconds", "reason",
 ]
 METRICS = ["val_accuracy", "val_loss", "train_loss"]
 _LAST = ["pruned", "diverged", "failed", "interrupted", "running"]  # the order of rows without a result
@@ -36,6 +36,7 @@ def _row(study: str, t: FrozenTrial) -> dict[str, object]:
         "epochs": attrs.get("epochs"),
         **{m: (curves[m][-1] if completed and curves[m] else None) for m in METRICS},
         "outcome": outcome,
+        "stopped_epoch": attrs.get("stopped_epoch"),
         "seconds": attrs.get("seconds"),
         "reason": attrs.get("reason", ""),
     }
@@ -66,6 +67,7 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     out["rank"] = out["rank"].astype("Int64")
     out["batch_size"] = out["batch_size"].astype("Int64")
     out["epochs"] = out["epochs"].astype("Int64")
+    out["stopped_epoch"] = out["stopped_epoch"].astype("Int64")
     return out[COLUMNS]
 
 
