@@ -128,15 +128,17 @@ def open_storage(url: str | None, create: bool) -> Store:
             message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
             raise RuntimeFailure(f"cannot open storage {shown}: {message}") from None
     path = Path(location)
-    if not path.exists():
-        if not create:
-            raise BadInput(f"no studies here: {shown} does not exist (run 'hpsearch grid' first, or pass --storage)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and not create:
+        raise BadInput(f"no studies here: {shown} does not exist (run 'hpsearch grid' first, or pass --storage)")
     if path.is_dir():
         raise BadInput(f"--storage {shown} is a folder; give the path of a journal file")
     from optuna.storages.journal import JournalStorage
 
-    backend = _batching_backend(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = _batching_backend(str(path))
+    except OSError as error:
+        raise RuntimeFailure(f"cannot write the journal {shown}: {error.strerror}; choose another --storage") from None
     return Store(JournalStorage(backend), shown, backend)
 
 

@@ -36,3 +36,9 @@ def test_passwords_are_hidden():
     with pytest.raises(RuntimeFailure) as caught:
         open_storage("postgresql://me:s3cret@127.0.0.1:1/none", create=True)
     assert "s3cret" not in str(caught.value)
+
+
+def test_an_unwritable_journal_is_a_runtime_error(workdir):
+    (workdir / "blocker").write_text("a file where a folder should be")
+    with pytest.raises(RuntimeFailure, match="cannot write the journal blocker/x.journal"):
+        open_storage("blocker/x.journal", create=True)
