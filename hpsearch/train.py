@@ -208,40 +208,41 @@ def train_population(
         started = time.perf_counter()
         rows = len(ids)
         alive = torch.ones(rows, dtype=torch.bool, device=device)
-        bad_step = torch.zeros(rows, dtype=torch.long, device=device)
-        bad_loss = torch.zeros(rows, device=device)
-        loss_sum = torch.zeros(rows, device=device)
+        losses_seen = torch.empty(steps, rows, device=device)  # read once, at the end of the epoch
         order = torch.stack([torch.randperm(n, generator=generators[i]) for i in ids]).to(device)
+        shapes = [(-1,) + (1,) * (p.dim() - 1) for p in params]
+        wd_views = [wd.view(shape) for shape in shapes]
+        mom_views = [mom.view(shape) for shape in shapes]
         batched.train(True)
         for step in range(steps):
             index = order[:, step * batch_size:(step + 1) * batch_size]
             logits = batched.forward(params, x_train[index])
             losses = F.cross_entropy(logits.flatten(0, 1), y_train[index].flatten(), reduction="none")
             losses = losses.view(rows, -1).mean(1)
-            grads = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), params)
+            # Members are independent rows: a diverged member's NaN reaches no other member's gradient.
+            grads = torch.autograd.grad(losses.sum(), params)
             with torch.no_grad():
                 loss = losses.detach()
                 if limit is None:
                     limit = DIVERGENCE_FACTOR * loss
-                bad = alive & ~(loss <= limit)  # also true for NaN and inf
-                bad_step = torch.where(bad, step + 1, bad_step)
-                bad_loss = torch.where(bad, loss, bad_loss)
-                alive &= ~bad
-                loss_sum += torch.where(alive, loss, 0.0)
+                losses_seen[step] = loss
+                alive &= loss <= limit  # false for NaN and inf too: the member stops at this step
+                step_size = lr * alive
                 # torch.optim.SGD: d = g + wd * p; v = momentum * v + d; p = p - lr * v (in place:
                 # fresh large tensors cost page faults on the CPU)
-                step_size = lr * alive
-                for p, g, v in zip(params, grads, velocity):
-                    shape = (-1,) + (1,) * (p.dim() - 1)
-                    g.addcmul_(p, wd.view(shape))
-                    torch.addcmul(g, v, mom.view(shape), out=v)
+                for p, g, v, shape, wd_view, mom_view in zip(params, grads, velocity, shapes, wd_views, mom_views):
+                    g.addcmul_(p, wd_view)
+                    torch.addcmul(g, v, mom_view, out=v)
                     p.addcmul_(step_size.view(shape), v, value=-1.0)
         with torch.no_grad():
             batched.train(False)
             logits = batched.forward(params, x_val)
             val_losses = F.cross_entropy(logits.flatten(0, 1), y_val.repeat(rows), reduction="none").view(rows, -1).mean(1)
             val_acc = (logits.argmax(-1) == y_val).float().mean(1)
-            stats = torch.stack([loss_sum / steps, val_losses, val_acc, alive.float(), bad_step.float(), bad_loss]).cpu()
+            first_bad = (~(losses_seen <= limit)).to(torch.uint8).argmax(0)  # 0 where none was bad
+            bad_loss = losses_seen.gather(0, first_bad.unsqueeze(0)).squeeze(0)
+            stats = torch.stack([losses_seen.mean(0), val_losses, val_acc, alive.float(), first_bad.float() + 1,
+                                 bad_loss]).cpu()
         seconds = time.perf_counter() - started
 
         healthy, diverged = [], []
