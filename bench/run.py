@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine_info  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "bench" / "reference.py"
@@ -267,8 +268,6 @@ def main() -> None:
           f"validation forward 2 x params x {len(task.val[0])}), vs a measured matmul peak of "
           f"{rate['matmul_peak_gflops']:.1f} GFLOP/s on this machine ({100 * rate['fraction_of_peak']:.1f}% of it)")
 
-    import optuna
-    import torch
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({
@@ -276,8 +275,7 @@ def main() -> None:
         "yardstick": str(YARDSTICK) if YARDSTICK.exists() else None,
         "runs": runs, "summary": summary, "ratios": ratios,
         "scaling": {"batch_size": SCALING_BATCH, "epochs": SCALING_EPOCHS, "curve": curve}, "flops": rate,
-        "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg(), "python": platform.python_version(),
-                    "torch": torch.__version__, "optuna": optuna.__version__, "torch_threads": torch.get_num_threads()},
+        "machine": machine_info(),
     }, indent=2) + "\n")
     print(f"\nwrote {OUT.relative_to(ROOT)} (load average at the end {os.getloadavg()[0]:.2f})")
 

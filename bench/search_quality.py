@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from optuna.trial import TrialState
 
 from hpsearch.search import run_search
 from hpsearch.spec import build_spec
+
+from _common import machine_info  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "bench_search.json"
@@ -201,7 +202,6 @@ def main() -> None:
               f"{'MET' if verdicts[target] else 'NOT MET'} ({'; '.join(parts)})")
     print(f"(took {time.perf_counter() - started:.0f} s)")
 
-    import torch
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({
@@ -210,8 +210,7 @@ def main() -> None:
         "target": {"fraction_of_grid": TARGET_FRACTION, "success_rate": TARGET_SUCCESS, "met": verdicts,
                    "methods": TARGETS},
         "grid_best": grid_best, "grid_points_within_tolerance": near, "summary": summary, "runs": runs,
-        "machine": {"cpus": os.cpu_count(), "load_average_end": os.getloadavg(), "python": platform.python_version(),
-                    "torch": torch.__version__, "optuna": optuna.__version__, "torch_threads": torch.get_num_threads()},
+        "machine": machine_info(),
     }, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
 

@@ -14,8 +14,6 @@ from rich.table import Table
 if TYPE_CHECKING:
     from hpsearch.search import Progress as SearchProgress
 
-FORMATS = ("table", "csv")
-
 _HEADERS = {  # two-line headers keep the table inside an 80-column terminal
     "rank": "\n#", "lr": "\nlr", "weight_decay": "weight\ndecay", "batch_size": "batch\nsize",
     "momentum": "\nmomentum", "epochs": "\nepochs", "val_accuracy": "val\nacc", "val_loss": "val\nloss",

@@ -143,6 +143,7 @@ class _Runner:
         trials = study.get_trials(deepcopy=False)
         self.already = sum(_finished(t) for t in trials)
         self.best = _best(trials)
+        study.sampler = _sampler(spec, len(trials))
         self.trained = 0
         self.failed = 0
         self.total = 0
@@ -348,7 +349,6 @@ def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> Sea
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise BadInput(f"study '{spec.study}' in {shown} is not an hpsearch study; choose another --study name")
     _check_settings(study, spec)
-    study.sampler = _sampler(spec, len(study.get_trials(deepcopy=False)))
     runner = _Runner(spec, study, store, progress)
     try:
         if spec.command == "grid":
