@@ -5,6 +5,7 @@ Heavy imports (torch, optuna, pandas) happen inside the commands, so ``--help`` 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -12,9 +13,11 @@ from typing import Any, Callable
 import click
 
 from hpsearch.errors import HpsearchError, Interrupted
-from hpsearch.spec import DEFAULT_EPOCHS, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, PRUNERS, SAMPLED_DEFAULTS
+from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, KINDS, PRUNERS,
+                           SAMPLED_DEFAULTS)
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
+REPORT_FORMATS = ("table", "csv", "markdown", "json", "html", "toml")  # each but table is a key of report.FORMATS
 
 
 class Cli(click.Group):
@@ -71,6 +74,34 @@ def main() -> None:
     """
 
 
+def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--config: the study file's settings become the defaults, so flags given override them."""
+    if value is None:
+        return
+    from hpsearch.studyfile import read_study_file
+
+    options = {p.name for p in ctx.command.params if p.name not in ("config", "dry_run")}
+    ctx.default_map = {**(ctx.default_map or {}), **read_study_file(value, ctx.command.name, options)}
+
+
+TASK_OPTIONS = [  # what to tune: shared by the searches and `check`
+    click.option("--task", metavar="TASK", help="A built-in task (digits, mnist1d) or your own: FILE.py:FUNCTION "
+                 "or package.module:FUNCTION returning an hpsearch.Task. [default: digits]"),
+    click.option("--data", metavar="FILE", help="Tune the default MLP on a data file instead of a task: .npz with "
+                 "x_train, y_train (optional x_val, y_val, x_test, y_test) or .csv with --target."),
+    click.option("--target", metavar="COLUMN", help="The label column of a .csv --data file."),
+    click.option("--kind", type=click.Choice(KINDS), help="Of a --data file. [default: integer or text "
+                 "targets are classes, floating-point targets regression]"),
+]
+CONFIG_OPTION = click.option(
+    "--config", metavar="FILE", callback=_read_config, is_eager=True, expose_value=False,
+    help="A study file (TOML, e.g. studies/digits-coarse.toml) with these settings; flags given override it.")
+DRY_RUN_OPTION = click.option(
+    "--dry-run", is_flag=True,
+    help="Print the configurations (or the sampler and budget) and the estimated time from measured step "
+    "times; train nothing, write nothing.")
+
+
 def _search_options(defaults: dict[str, str], sampled: bool) -> Callable[[Callable], Callable]:
     scale = {
         "lr": "log scale",
@@ -79,6 +110,8 @@ def _search_options(defaults: dict[str, str], sampled: bool) -> Callable[[Callab
         "momentum": "ranges on 1 - momentum" if not sampled else "counted ranges on 1 - momentum",
     }
     options = [
+        CONFIG_OPTION,
+        DRY_RUN_OPTION,
         click.option("--lr", metavar="VALUES", help=f"Learning rates ({scale['lr']}). [default: {defaults['lr']}]"),
         click.option("--weight-decay", metavar="VALUES",
                      help=f"Weight decays ({scale['weight_decay']}). [default: {defaults['weight_decay']}]"),
@@ -86,21 +119,31 @@ def _search_options(defaults: dict[str, str], sampled: bool) -> Callable[[Callab
                      help=f"Batch sizes ({scale['batch_size']}). [default: {defaults['batch_size']}]"),
         click.option("--momentum", metavar="VALUES",
                      help=f"SGD momentum ({scale['momentum']}). [default: {defaults['momentum']}]"),
-        click.option("--task", default="digits", show_default=True, help="Built-in task to tune (digits)."),
+        *TASK_OPTIONS,
         click.option("--epochs", type=int, default=DEFAULT_EPOCHS, show_default=True, help="Epochs per trial."),
         click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
                      help="Seed; each configuration's seed derives from it and the values."),
-        click.option("--study", help="Study name. [default: TASK-COMMAND, e.g. digits-grid]"),
+        click.option("--study", help="Study name. [default: TASK-COMMAND, e.g. digits-grid; for your own task "
+                     "its function name, for --data the file name, e.g. my_task-grid]"),
         click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
                      "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]"),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX."),
         click.option("--prune", type=click.Choice(PRUNERS), default="none", show_default=True,
                      help="Stop poor trials early (Optuna's pruners); pruned members leave the population."),
+        click.option("--jobs", type=int, default=1, show_default=True,
+                     help="Worker processes sharing the study (on several GPUs, one per device in turn). "
+                     "Workers started by hand on the same study cooperate the same way."),
+        click.option("--retries", type=int, default=DEFAULT_RETRIES, show_default=True,
+                     help="Re-runs of a configuration whose training raised an error, before it counts as failed."),
     ]
     if sampled:
         options.append(click.option("--trials", type=int, default=DEFAULT_TRIALS, show_default=True,
                                     help="Trials in the study in all (a re-run tops it up)."))
+    return _apply(options)
 
+
+def _apply(options: list[Callable[[Callable], Callable]]) -> Callable[[Callable], Callable]:
+    """Several click options as one decorator, in the order listed."""
     def decorate(f: Callable) -> Callable:
         for option in reversed(options):
             f = option(f)
@@ -109,8 +152,8 @@ def _search_options(defaults: dict[str, str], sampled: bool) -> Callable[[Callab
     return decorate
 
 
-def _run(command: str, **flags: Any) -> None:
-    """Run a search with a live progress bar, then print the ranked table."""
+def _run(command: str, spec: Any = None, **flags: Any) -> None:  # noqa: ANN401 - a spec.StudySpec, imported late
+    """Run a search (``spec``, else one built from the flags) with a live progress bar, then print the ranked table."""
     import time
 
     from hpsearch.report import best_line, failure_lines, progress_bar, table
@@ -118,10 +161,22 @@ def _run(command: str, **flags: Any) -> None:
     from hpsearch.search import run_search
     from hpsearch.spec import build_spec
 
-    spec = build_spec(command, **flags)
+    dry_run = flags.pop("dry_run", False)
+    if spec is None:
+        spec = build_spec(command, **flags)
+    if dry_run:
+        _dry_run(spec)
+        return
+    bar = _console(stderr=True)
+    estimate = None
+    if bar.is_terminal and spec.jobs == 1:  # the bar is shown: its ETA starts from a few measured steps
+        from hpsearch.estimate import estimate_search
+
+        measured = estimate_search(spec)[1]
+        estimate = measured.seconds - measured.startup
     interrupted: Interrupted | None = None
     started = time.perf_counter()
-    with progress_bar(_console(stderr=True), f"{command} {spec.study}") as update:
+    with progress_bar(bar, f"{command} {spec.study}", estimate) as update:
         try:
             outcome = run_search(spec, update)
         except Interrupted as error:
@@ -145,6 +200,21 @@ def _run(command: str, **flags: Any) -> None:
         raise interrupted
 
 
+def _dry_run(spec: Any, listed: bool = False) -> None:  # noqa: ANN401 - a spec.StudySpec, imported late
+    """--dry-run: the plan and its estimated time; nothing is trained or written (``listed``: points shown already)."""
+    from hpsearch.estimate import estimate_search
+    from hpsearch.report import plan_lines, plan_table
+
+    plan, estimate = estimate_search(spec)
+    console = _console()
+    console.print(f"Dry run of hpsearch {spec.command}: study {spec.study}, task {spec.task}, "
+                  f"{spec.epochs} epochs, seed {spec.seed}" + (f", for one of {spec.jobs} workers" if spec.jobs > 1 else ""))
+    if plan.points and not listed:
+        console.print(plan_table(plan.points))
+    for line in plan_lines(plan, estimate):
+        console.print(line)
+
+
 @main.command()
 @_search_options(GRID_DEFAULTS, sampled=False)
 def grid(**flags: Any) -> None:
@@ -162,6 +232,8 @@ def grid(**flags: Any) -> None:
     \b
     Example:
       hpsearch grid --task digits --study coarse
+      hpsearch grid --task examples/my_task.py:spirals    # your own model (README: Tune your own model)
+      hpsearch grid --data mydata.npz                     # your own data, a default MLP
     Re-running the same command trains only the points still missing.
     """
     _run("grid", **flags)
@@ -199,35 +271,168 @@ def tpe(**flags: Any) -> None:
 
 
 @main.command()
+@click.option("--from", "sources", metavar="STUDY", multiple=True, required=True,
+              help="A study to refine from (repeat for several; their trials are ranked together).")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Refine around the best K completed trials.")
+@click.option("--sampler", type=click.Choice(["grid", "random", "tpe"]), default="grid", show_default=True,
+              help="grid: every configuration of the neighbourhoods; random / tpe: --trials draws inside their ranges.")
+@click.option("--trials", type=int, help=f"Trials for --sampler random or tpe. [default: {DEFAULT_TRIALS}]")
+@click.option("--epochs", type=int, help="Epochs per trial. [default: 3x the sources' epochs, 10 to 20]")
+@click.option("--study", help="Study name. [default: FIRST-SOURCE-refine]")
+@click.option("--seed", type=int, help="Seed. [default: the first source's]")
+@click.option("--prune", type=click.Choice(PRUNERS), help="Pruner. [default: the first source's]")
+@click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
+              "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
+@click.option("--show", is_flag=True, help="Print the refined space and its configurations; train nothing.")
+@DRY_RUN_OPTION
+def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) -> None:
+    """Search again, finer and longer, around the best trials of earlier studies.
+
+    \b
+    Per parameter, on its natural scale: the best value and one refined step (half the
+    coarse step; batch size: one power of two) either side. A best value on the edge of
+    the range searched widens that side by a whole coarse step; weight decay 0 stays a
+    candidate. The grid is the union of the top trials' neighbourhoods, trained 3x as
+    many epochs as the sources (10 to 20). Task, seed and pruner come from the source.
+
+    \b
+    Examples:
+      hpsearch grid --study coarse
+      hpsearch refine --from coarse --show          # what would run, and why
+      hpsearch refine --from coarse --dry-run       # the same, and the estimated time
+      hpsearch refine --from coarse --study fine
+      hpsearch refine --from coarse --sampler tpe --trials 30 --study fine-tpe
+    """
+    from hpsearch.refine import refine_spec
+
+    refinement = refine_spec(sources, **options)
+    spec = refinement.spec
+    if show or dry_run:
+        for line in refinement.describe():
+            click.echo(line)
+        if dry_run:
+            _dry_run(spec, listed=True)
+        return
+    size = f"{len(spec.points)} configurations" if spec.points is not None else f"{spec.trials} {spec.command} trials"
+    click.echo(f"Refining {', '.join(sources)} around {len(refinement.top)} trials: {size}, {spec.epochs} epochs "
+               f"(hpsearch refine --show lists them)", err=True)
+    _run("refine", spec)
+
+
+@main.command("test")
+@click.option("--study", "name", required=True, help="The study whose chosen configuration to test.")
+@click.option("--trial", type=int, help="Test this trial's configuration. [default: the study's best]")
+@click.option("--force", is_flag=True, help="Evaluate again although a test result is recorded (the record says so).")
+@click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
+              "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
+def final(name: str, trial: int | None, force: bool, storage: str | None, device: str) -> None:
+    """The end of the recipe: evaluate the chosen configuration once on the test split.
+
+    \b
+    Trains the study's best configuration (or --trial N) again, with the seed and
+    epochs of the study, on the training split; evaluates it on the test split; records
+    the result on the study (report shows it). The test set must not steer the search,
+    so a second call shows the recorded result and refuses unless --force.
+
+    \b
+    Example:
+      hpsearch test --study fine
+    """
+    from hpsearch.final import AlreadyTested, describe, final_test
+
+    try:
+        record = final_test(name, trial, force, storage, device)
+    except AlreadyTested as error:
+        click.echo(describe(error.recorded))
+        raise
+    click.echo(describe(record))
+
+
+@main.command()
+@_apply(TASK_OPTIONS)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
+@click.option("--population", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Members of the population whose step time (and on CUDA, memory) is measured.")
+def check(device: str, population: int, **what: Any) -> None:
+    """Check the setup before searching: the recipe's sanity checks, one line each.
+
+    \b
+    The parameter count; the initial loss against ln(C) (and a softmax before the
+    cross-entropy loss); whether one batch of 32 can be overfitted, in how many steps; the
+    step time per batch size, alone and as a population; on CUDA, the largest batch size
+    that fits. Exit status 1 when a finding is a warning.
+
+    \b
+    Examples:
+      hpsearch check --task digits
+      hpsearch check --task examples/my_task.py:spirals --device cuda
+    """
+    from hpsearch.check import run_checks
+    from hpsearch.spec import task_reference
+    from hpsearch.tasks import load_task
+    from hpsearch.train import resolve_device
+
+    ref, _ = task_reference(**what)
+    task = load_task(ref, what["target"], what["kind"]).to(resolve_device(device))
+    findings = run_checks(task, population)
+    for finding in findings:
+        click.secho(f"{'warning' if finding.warning else 'ok':>7}  {finding.check}: {finding.text}",
+                    fg="yellow" if finding.warning else None)
+    warnings = sum(f.warning for f in findings)
+    if warnings:
+        click.echo(f"{warnings} warning(s) for task '{task.name}': look at them before a long search.")
+        click.get_current_context().exit(1)
+
+
+@main.command()
 @click.argument("studies", nargs=-1)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True,
-              help="Output format.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of the terminal.")
+@click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="table", show_default=True,
+              help="table: the terminal; csv, markdown (a pipe table for a README or pull request), json (every "
+                   "field, curves included), html (one self-contained page with the plots), toml (a study file that re-runs "
+                   "the study: hpsearch COMMAND --config FILE).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of the terminal. [default for html: STUDY.html]")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also write PNG plots into DIR: loss curves, accuracy against learning rate, importances.")
 @click.option("--top", type=click.IntRange(min=1), help="Only the best N rows.")
 @click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL.")
-def report(studies: tuple[str, ...], fmt: str, output: Path | None, top: int | None, storage: str | None) -> None:
+def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path | None, top: int | None,
+           storage: str | None) -> None:
     """Show the ranked trials of one or more studies, best first; without a study, list the studies.
 
     \b
-    Diverged and failed trials come last, marked so, with empty metric cells.
+    Each row shows its distance to the best ("vs best") and a diagnosis of its curves
+    (healthy, underfitting, overfitting, not learning, diverged, ...); a note follows when the
+    best value of a parameter sits on the edge of the range searched. Several studies (a coarse
+    grid and its refinement) are ranked together, with their phase. Diverged and failed trials
+    come last, with empty metric cells.
 
     \b
     Examples:
       hpsearch report                         # which studies are there?
-      hpsearch report coarse
+      hpsearch report coarse fine
       hpsearch report coarse --format csv --output coarse.csv
+      hpsearch report coarse fine --format html --output report.html
+      hpsearch report coarse --format markdown --plots plots/
+      hpsearch report coarse --format toml --output studies/coarse.toml
     """
-    from hpsearch.report import best_line, failure_lines, studies_table, table, to_csv
-    from hpsearch.results import list_studies, load_results
+    from hpsearch.report import FORMATS, best_line, edge_lines, failure_lines, studies_table, table, test_lines
+    from hpsearch.results import list_studies, read_results
 
     if not studies:
         _console().print(studies_table(list_studies(storage)))
         return
-    frame = load_results(studies, storage)
-    if top is not None:
-        frame = frame.head(top)
-    if fmt == "csv":
-        text = to_csv(frame)
+    results = read_results(studies, storage)
+    frame = results.frame if top is None else results.frame.head(top)
+    if plots is not None:
+        _write_plots(results, plots)
+    if fmt == "html" and output is None:
+        output = Path(re.sub(r"[^\w.+-]+", "_", "+".join(studies)) + ".html")
+    if fmt != "table":
+        text = FORMATS[fmt](results, frame)
         if output is None:
             click.echo(text, nl=False)
             return
@@ -241,6 +446,8 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, top: int | N
         for line in failure_lines(frame):
             console.print(line, style="red")
         console.print(best_line(frame))
+        for line in edge_lines(frame) + test_lines(results):
+            console.print(line, style="yellow")
         if output is None:
             return
         text = console.export_text()
@@ -249,3 +456,41 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, top: int | N
     except OSError as error:
         raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
     click.echo(f"Wrote {len(frame)} rows to {output}", err=True)
+
+
+def _write_plots(results: Any, folder: Path) -> None:  # a results.Results
+    """Write the report's PNG files and say where, with the importance sentences (on stderr: stdout may be data)."""
+    from hpsearch.plots import importances, write_plots
+
+    found = importances(results)
+    try:
+        paths = write_plots(results, found, folder)
+    except OSError as error:
+        raise click.ClickException(f"cannot write plots into {folder}: {error.strerror}") from None
+    names = ", ".join(p.name for p in paths) or "none (no trial completed)"
+    click.echo(f"Wrote plots to {folder}/: {names}", err=True)
+    for imp in found:
+        click.echo(imp.sentence, err=True)
+
+
+@main.command()
+@click.option("--storage", metavar="PATH", help="The journal file to repair. [default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
+def repair(storage: str | None) -> None:
+    """Repair a journal whose last record was torn (a writer killed mid-write, a power cut).
+
+    \b
+    Keeps every complete record, drops the torn one (and anything written after it), and
+    keeps the original beside it as JOURNAL.torn-DATE. Trials that were running are then
+    failed and queued again by the next search.
+
+    \b
+    Example:
+      hpsearch repair --storage studies/hpsearch.journal
+    """
+    from hpsearch.journal import repair_journal
+
+    done = repair_journal(storage)
+    if done.backup is None:
+        click.echo(f"Nothing to repair: all {done.kept} records are complete.")
+    else:
+        click.echo(f"Kept {done.kept} complete records, dropped {done.dropped} torn; the original is {done.backup}.")

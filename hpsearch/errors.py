@@ -1,6 +1,8 @@
 """One exception hierarchy for the library; the CLI turns it into a line and an exit status."""
 from __future__ import annotations
 
+import signal
+
 
 class HpsearchError(Exception):
     """Base of every error hpsearch raises on purpose. The message is one line for a person."""
@@ -24,3 +26,14 @@ class Interrupted(HpsearchError):
     """The run was stopped by Ctrl-C; the running trials were recorded as interrupted."""
 
     exit_code = 130
+
+    @staticmethod
+    def by(signum: int, message: str) -> Interrupted:
+        """The error for a stop by this signal: SIGTERM exits 143 (128 + 15), Ctrl-C 130."""
+        return Terminated(message) if signum == signal.SIGTERM else Interrupted(message)
+
+
+class Terminated(Interrupted):
+    """The run was stopped by SIGTERM (kill, a batch scheduler); handled like Ctrl-C."""
+
+    exit_code = 143

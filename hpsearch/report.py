@@ -2,22 +2,31 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pandas as pd
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
+
+from hpsearch.errors import BadInput
+from hpsearch.results import DIAGNOSIS_RULES, Results, phase
+from hpsearch.studyfile import study_file_text
 
 if TYPE_CHECKING:
+    from hpsearch.estimate import Estimate, Plan
     from hpsearch.search import Progress as SearchProgress
 
 _HEADERS = {  # two-line headers keep the table inside an 80-column terminal
     "rank": "\n#", "lr": "\nlr", "weight_decay": "weight\ndecay", "batch_size": "batch\nsize",
-    "momentum": "\nmomentum", "epochs": "\nepochs", "val_accuracy": "val\nacc", "val_loss": "val\nloss",
-    "train_loss": "train\nloss", "outcome": "\noutcome", "seconds": "\nsecs",
+    "momentum": "\nmomentum", "epochs": "\nepochs", "val_accuracy": "val\nacc", "delta": "vs\nbest",
+    "val_loss": "val\nloss", "train_loss": "train\nloss", "outcome": "\noutcome", "diagnosis": "\ndiagnosis",
+    "seconds": "\nsecs",
 }
 
 
@@ -30,6 +39,8 @@ def _cell(column: str, value: object) -> str:
         return f"{value:.4f}"
     if column == "seconds":
         return f"{value:.2f}"
+    if column == "delta":
+        return f"{value:+.4f}"
     return str(value)
 
 
@@ -41,23 +52,26 @@ def _outcome(record: dict) -> str:
     return str(record["outcome"])
 
 
+_TEXT = ("outcome", "study", "phase", "diagnosis")  # left-aligned columns
 # Columns a narrow terminal drops first (the CSV always has every column).
-_OPTIONAL = [("seconds", 112), ("epochs", 104), ("train_loss", 96)]
+_OPTIONAL = [("seconds", 116), ("epochs", 110), ("train_loss", 102), ("delta", 98), ("momentum", 90)]
 
 
 def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None, width: int = 200) -> Table:
     """The ranked rows as a rich Table for a terminal ``width`` wide; rows without a result dimmed, last."""
     several = frame["study"].nunique() > 1
-    columns = ["rank"] + (["study"] if several else []) + ["trial"] + list(_HEADERS)[1:]
+    columns = ["rank"] + (["study", "phase"] if several else []) + ["trial"] + list(_HEADERS)[1:]
     columns = [c for c in columns if not any(c == name and width < needed for name, needed in _OPTIONAL)]
     out = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD,
                 collapse_padding=True, pad_edge=False)
     for c in columns:
-        out.add_column(_HEADERS.get(c, "\n" + c), justify="left" if c in ("outcome", "study") else "right",
+        out.add_column(_HEADERS.get(c, "\n" + c), justify="left" if c in _TEXT else "right",
                        no_wrap=True)
     shown = frame if top is None else frame.head(top)
     for record in shown.to_dict("records"):
         cells = [_outcome(record) if c == "outcome" else _cell(c, record[c]) for c in columns]
+        if record["outcome"] != "completed" and "diagnosis" in columns:  # the outcome cell says it already
+            cells[columns.index("diagnosis")] = ""
         out.add_row(*cells, style=None if record["outcome"] == "completed" else "dim")
     if top is not None and len(frame) > top:
         out.caption = f"top {top} of {len(frame)} trials"
@@ -78,7 +92,8 @@ def best_line(frame: pd.DataFrame) -> str:
     if ok.empty:
         return "No trial completed."
     b = ok.iloc[0]
-    return (f"Best: val acc {b.val_accuracy:.4f} with lr={b.lr:.3g}, weight_decay={b.weight_decay:.3g}, "
+    metric = f"val acc {b.val_accuracy:.4f}" if pd.notna(b.val_accuracy) else f"val loss {b.val_loss:.4f}"  # regression: loss
+    return (f"Best: {metric} with lr={b.lr:.3g}, weight_decay={b.weight_decay:.3g}, "
             f"batch_size={b.batch_size}, momentum={b.momentum:.3g} (study {b.study}, trial {b.trial})")
 
 
@@ -99,11 +114,16 @@ def studies_table(frame: pd.DataFrame) -> Table:
 
 
 @contextlib.contextmanager
-def progress_bar(console: Console, description: str) -> Iterator[Callable[[SearchProgress], None]]:
-    """A live bar: trials done of total, best so far, elapsed time and ETA. Yields the update callback."""
+def progress_bar(console: Console, description: str,
+                 estimate: float | None = None) -> Iterator[Callable[[SearchProgress], None]]:
+    """A live bar: trials done of total, best so far, elapsed time and ETA. Yields the update callback.
+
+    ``estimate``: the search's seconds as estimated before it started (hpsearch/estimate.py); the
+    ETA counts it down until the trials' own pace is known.
+    """
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
-        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA"), _Eta(estimate),
     )
     bar = Progress(*columns, console=console, transient=False)
     task = bar.add_task(description, total=None, best="-")
@@ -118,3 +138,227 @@ def progress_bar(console: Console, description: str) -> Iterator[Callable[[Searc
     finally:
         if bar.live.is_started:
             bar.stop()
+
+
+class _Eta(TimeRemainingColumn):
+    """Rich's time remaining, or the estimate made before the search while rich has no pace yet."""
+
+    def __init__(self, estimate: float | None) -> None:
+        super().__init__()
+        self.estimate = estimate
+
+    def render(self, task: Task) -> Text:
+        if self.estimate is None or task.time_remaining is not None or task.finished:
+            return super().render(task)
+        left = max(0, round(self.estimate - (task.elapsed or 0.0)))
+        return Text(str(datetime.timedelta(seconds=left)), style="progress.remaining")
+
+
+# --- a dry run: the plan and its estimated time ---
+
+
+def plan_table(points: list[dict[str, float]]) -> Table:
+    """The grid points a dry run would train, in the order they would train."""
+    out = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["lr", "weight_decay", "batch_size", "momentum"]
+    out.add_column(_HEADERS["rank"], justify="right")
+    for c in columns:
+        out.add_column(_HEADERS[c], justify="right")
+    for i, p in enumerate(points, 1):
+        out.add_row(str(i), *(_cell(c, p[c]) for c in columns))
+    return out
+
+
+def plan_lines(plan: Plan, estimate: Estimate) -> list[str]:
+    """What a dry run says: the budget, the measured step times and the estimated time."""
+    spec = plan.spec
+    lines = []
+    if spec.command != "grid":
+        space = ", ".join(f"{name} {text}" for name, text in spec.space.texts().items())
+        lines.append(f"Sampler: {spec.command} (seed {spec.seed}), {spec.trials} trials in all; space: {space}")
+    lines.append(f"{plan.to_train} configurations to train ({plan.already} already in study '{spec.study}'), "
+                 f"{spec.epochs} epochs each, in {len(plan.populations)} populations.")
+    for (size, members), step in sorted(estimate.step_ms.items()):
+        seconds = estimate.epoch_seconds[(size, members)]
+        lines.append(f"Measured: batch size {size}, {members} members: {step:.2f} ms a step, {seconds:.2f} s an epoch")
+    lines.append(f"Estimated time: {_duration(estimate.seconds)} (start-up {_duration(estimate.startup)}). "
+                 "Nothing was trained or written.")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+# --- what a full report adds to the table: edge flags, the test result, Markdown / JSON / HTML ---
+
+_SIDE = {"high": ("largest", "upward"), "low": ("smallest", "downward")}
+
+
+def edge_lines(frame: pd.DataFrame) -> list[str]:
+    """One line per parameter whose best value sits on an edge of the range searched (the "edges" cell
+    of the best row, computed on every row before --top cut the frame)."""
+    ok = frame[frame["outcome"] == "completed"]
+    if ok.empty or not ok.iloc[0]["edges"]:
+        return []
+    best = ok.iloc[0]
+    lines = []
+    for flag in best["edges"].split(", "):
+        name, side = flag.split(" ")
+        extreme, direction = _SIDE[side]
+        lines.append(f"best {name} {_cell(name, best[name])} is the {extreme} value searched: "
+                     f"widen {direction} (refine does)")
+    return lines
+
+
+def test_lines(results: Results) -> list[str]:
+    """The recorded test-set result of each study that has one (hpsearch test)."""
+    lines = []
+    for name in results.studies:
+        test = results.test_result(name)
+        if not test:
+            continue
+        metrics = ", ".join(f"{key.replace('_', ' ')} {test[key]:.4f}" for key in ("test_accuracy", "test_loss")
+                            if isinstance(test.get(key), (int, float)))
+        config = ", ".join(f"{k}={_cell(k, v)}" for k, v in (test.get("config") or {}).items() if k in _PARAMS)
+        lines.append(f"Test (study {name}, trial {test.get('trial')}, {config}): {metrics}; evaluated once "
+                     f"{test.get('when', '')}".rstrip())
+    return lines
+
+
+_PARAMS = ("lr", "weight_decay", "batch_size", "momentum")
+_MARKDOWN = ["rank", "study", "phase", "trial", "lr", "weight_decay", "batch_size", "momentum", "epochs",
+             "val_accuracy", "delta", "val_loss", "train_loss", "outcome", "diagnosis"]
+
+
+def _report_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of a Markdown or HTML table: study and phase only when several studies are shown."""
+    several = frame["study"].nunique() > 1
+    return [c for c in _MARKDOWN if several or c not in ("study", "phase")]
+
+
+def _text_cell(column: str, record: dict) -> str:
+    if column == "outcome":
+        return _outcome(record)
+    return _cell(column, record[column])
+
+
+def to_markdown(results: Results, frame: pd.DataFrame) -> str:
+    """A pipe table to paste into a README or a pull request, then the best line, edge flags, test result."""
+    columns = _report_columns(frame)
+    right = [c not in _TEXT for c in columns]
+    head = "| " + " | ".join(_HEADERS.get(c, c).replace("\n", " ").strip() for c in columns) + " |"
+    rule = "|" + "|".join("---:" if r else ":---" for r in right) + "|"
+    rows = ["| " + " | ".join(_text_cell(c, r).replace("|", "\\|") for c in columns) + " |"
+            for r in frame.to_dict("records")]
+    notes = [best_line(frame)] + edge_lines(frame) + test_lines(results) + failure_lines(frame)
+    return "\n".join([head, rule, *rows, "", *(f"- {line}" for line in notes)]) + "\n"
+
+
+def to_json(results: Results, frame: pd.DataFrame) -> str:
+    """Every field of every trial shown (per-epoch curves and the trainer's extra attributes included),
+    each study's settings and recorded test result: for scripts."""
+    import json
+
+    trials = [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    for row in trials:
+        trial = results.trial(row["study"], row["trial"])
+        row["curves"] = results.curves(row["study"], row["trial"])
+        row["attrs"] = {k: v for k, v in trial.user_attrs.items() if k not in row and k not in row["curves"]}
+        row["state"] = trial.state.name
+    studies = [{"study": name, "phase": phase(results.settings(name)), "settings": results.settings(name),
+                "direction": study.direction.name.lower(), "test_result": results.test_result(name)}
+               for name, study in results.studies.items()]
+    document = {"studies": studies, "best": best_line(frame), "edges": edge_lines(frame), "trials": trials}
+    return json.dumps(document, indent=2, default=str) + "\n"
+
+
+def _plain(value: object) -> object:
+    """A JSON value at full precision: numpy numbers as Python ones, NaN and <NA> as null."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 80em;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; position: sticky; top: 0; }
+td.text, th.text { text-align: left; }
+tr.other { color: #888; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.4em 0.8em; margin: 0.3em 0; }
+.best { font-weight: bold; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+dt { font-weight: bold; } dd { margin: 0 0 0.5em 1.5em; }
+"""
+
+
+def to_html(results: Results, frame: pd.DataFrame) -> str:
+    """One self-contained page (inline CSS, plots as PNG data URIs, no script, no external URL) that a
+    person can open offline or attach to a message."""
+    import base64
+    import html
+
+    from hpsearch.plots import figures, importances, png
+
+    esc = html.escape
+    names = ", ".join(results.studies)
+    columns = _report_columns(frame)
+    head = "".join(f'<th class="{"text" if c in _TEXT else "num"}">{esc(_HEADERS.get(c, c).strip())}</th>'
+                   for c in columns).replace("\n", " ")
+    body = "\n".join(
+        f'<tr class="{"ok" if r["outcome"] == "completed" else "other"}">'
+        + "".join(f'<td class="{"text" if c in _TEXT else "num"}">{esc(_text_cell(c, r))}</td>' for c in columns)
+        + "</tr>" for r in frame.to_dict("records"))
+    notes = "".join(f'<p class="note">{esc(line)}</p>' for line in edge_lines(frame) + test_lines(results))
+    failures = "".join(f"<p>{esc(line)}</p>" for line in failure_lines(frame))
+    found = importances(results)
+    images = "".join(
+        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(png(figure)).decode()}">'
+        f"</figure>" for name, figure in figures(results, found).items())
+    sentences = "".join(f"<p>{esc(imp.sentence)}</p>" for imp in found)
+    settings = "".join(f"<li><b>{esc(name)}</b> ({esc(phase(results.settings(name)))}): "
+                       f"{esc(', '.join(f'{k}={v}' for k, v in results.settings(name).items()))}</li>"
+                       for name in results.studies)
+    rules = "".join(f"<dt>{esc(term)}</dt><dd>{esc(text)}</dd>" for term, text in DIAGNOSIS_RULES)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>hpsearch report: {esc(names)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>hpsearch report: {esc(names)}</h1>
+<p class="best">{esc(best_line(frame))}</p>
+{notes}
+<h2>Ranked trials</h2>
+<table><thead><tr>{head}</tr></thead><tbody>
+{body}
+</tbody></table>
+{failures}
+<h2>Plots</h2>
+{sentences}
+{images or "<p>No trial completed: nothing to plot.</p>"}
+<h2>Studies</h2><ul>{settings}</ul>
+<h2>How to read the diagnosis</h2><dl>{rules}</dl>
+</body></html>
+"""
+
+
+def _csv(results: Results, frame: pd.DataFrame) -> str:
+    return to_csv(frame)
+
+
+def to_toml(results: Results, frame: pd.DataFrame) -> str:
+    """The study file that re-runs one study with the settings it was run with (hpsearch/studyfile.py)."""
+    if len(results.studies) != 1:
+        raise BadInput("--format toml writes one study's file: name one study")
+    name = next(iter(results.studies))
+    return study_file_text(name, results.settings(name), len(results.frame))
+
+
+# The file formats of `hpsearch report --format` (the terminal table is drawn by the CLI).
+FORMATS: dict[str, Callable[[Results, pd.DataFrame], str]] = {
+    "csv": _csv, "markdown": to_markdown, "json": to_json, "html": to_html, "toml": to_toml,
+}

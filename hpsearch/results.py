@@ -1,18 +1,20 @@
 """Results: one pandas row per trial, ranked. Reads the storage; never imports torch."""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.search import decode_params
+from hpsearch.search import SETTINGS_ATTR, decode_params
 from hpsearch.storage import load_study, open_storage
 
 COLUMNS = [
     "rank", "study", "trial", "lr", "weight_decay", "batch_size", "momentum", "epochs",
     "val_accuracy", "val_loss", "train_loss", "outcome", "stopped_epoch", "seconds", "reason",
+    "phase", "delta", "diagnosis", "edges",  # added after the first release: new CSV columns go last
 ]
 METRICS = ["val_accuracy", "val_loss", "train_loss"]
 _LAST = ["pruned", "diverged", "failed", "interrupted", "running"]  # the order of rows without a result
@@ -39,6 +41,8 @@ def _row(study: str, t: FrozenTrial) -> dict[str, object]:
         "stopped_epoch": attrs.get("stopped_epoch"),
         "seconds": attrs.get("seconds"),
         "reason": attrs.get("reason", ""),
+        "diagnosis": diagnose(outcome, curves["train_loss"], curves["val_loss"], attrs.get("stopped_epoch"),
+                              attrs.get("reason", "")),
     }
 
 
@@ -46,6 +50,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """Every trial that ran (waiting ones are not results), unranked."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     frame = pd.DataFrame([_row(study.study_name, t) for t in trials], columns=COLUMNS[1:])
+    frame["phase"] = phase(study.user_attrs.get(SETTINGS_ATTR, {}))
     # An interrupted trial whose configuration ran again later is history, not a result.
     done = frame[frame["outcome"] != "interrupted"]
     keys = set(zip(done["lr"], done["weight_decay"], done["batch_size"], done["momentum"]))
@@ -68,15 +73,59 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     out["batch_size"] = out["batch_size"].astype("Int64")
     out["epochs"] = out["epochs"].astype("Int64")
     out["stopped_epoch"] = out["stopped_epoch"].astype("Int64")
+    out["delta"] = _delta(out)
+    ranges = searched_ranges(out)
+    out["edges"] = ""  # for the best row only: on a coarse grid every other row sits on some edge too
+    if len(ok):
+        out.loc[0, "edges"] = ", ".join(f"{name} {side}" for name, side in edge_flags(out.iloc[0], ranges).items())
     return out[COLUMNS]
+
+
+def _delta(ranked: pd.DataFrame) -> pd.Series:
+    """Each completed row's distance to the best: accuracy minus the best accuracy (<= 0), or for a
+    regression row (no accuracy) its validation loss minus the lowest (>= 0)."""
+    ok = ranked["outcome"] == "completed"
+    accuracy = pd.to_numeric(ranked["val_accuracy"], errors="coerce")
+    loss = pd.to_numeric(ranked["val_loss"], errors="coerce")
+    by_loss = ok & accuracy.isna()
+    delta = (accuracy - accuracy[ok].max()).where(ok & accuracy.notna())
+    return delta.fillna((loss - loss[by_loss].min()).where(by_loss))
 
 
 def load_results(names: Sequence[str], storage: str | None = None) -> pd.DataFrame:
     """The ranked table of one or several studies."""
+    return read_results(names, storage).frame
+
+
+@dataclass(frozen=True)
+class Results:
+    """The ranked table and what a full report adds to it: the studies (settings, test result, curves)."""
+
+    frame: pd.DataFrame
+    studies: dict[str, optuna.Study]
+
+    def settings(self, study: str) -> dict[str, Any]:
+        return dict(self.studies[study].user_attrs.get(SETTINGS_ATTR, {}))
+
+    def test_result(self, study: str) -> dict[str, Any] | None:
+        return self.studies[study].user_attrs.get("test_result")
+
+    def trial(self, study: str, number: int) -> FrozenTrial:
+        return self.studies[study].get_trials(deepcopy=False)[number]
+
+    def curves(self, study: str, number: int) -> dict[str, list[float]]:
+        """The per-epoch metrics of one trial (empty lists where it recorded none)."""
+        attrs = self.trial(study, number).user_attrs
+        return {m: list(attrs.get(m) or []) for m in METRICS}
+
+
+def read_results(names: Sequence[str], storage: str | None = None) -> Results:
+    """Load one or several studies once, for the ranked table and everything a report shows."""
     store = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    frames = [trials_frame(load_study(store.storage, store.shown, name)) for name in names]
-    return rank(pd.concat(frames, ignore_index=True))
+    studies = {name: load_study(store.storage, store.shown, name) for name in names}
+    frame = rank(pd.concat([trials_frame(study) for study in studies.values()], ignore_index=True))
+    return Results(frame, studies)
 
 
 def list_studies(storage: str | None = None) -> pd.DataFrame:
@@ -87,7 +136,90 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
         settings = summary.user_attrs.get("hpsearch", {})
         study = optuna.load_study(study_name=summary.study_name, storage=opened)
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        best = max((t.value for t in trials if t.value is not None), default=None)
+        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max  # regression: lowest loss
+        best = pick((t.value for t in trials if t.value is not None), default=None)
         rows.append({"study": summary.study_name, "command": settings.get("command", ""),
                      "task": settings.get("task", ""), "completed": len(trials), "best_val_accuracy": best})
     return pd.DataFrame(rows, columns=["study", "command", "task", "completed", "best_val_accuracy"])
+
+
+# --- the edges of the range searched (shared with refine) ---
+
+PARAMS = ("lr", "weight_decay", "batch_size", "momentum")
+
+
+def searched_ranges(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Per parameter, the lowest and highest value that the frame's trials tried (any outcome: a diverged
+    learning rate was searched too). Over several studies this is the range searched so far. Sampled
+    studies count what they drew, not their declared bounds: a continuous draw never lands on a bound."""
+    ranges = {}
+    for name in PARAMS:
+        values = pd.to_numeric(frame[name], errors="coerce").dropna()
+        if len(values):
+            ranges[name] = (float(values.min()), float(values.max()))
+    return ranges
+
+
+def edge_flags(params: Mapping[str, object], ranges: Mapping[str, tuple[float, float]]) -> dict[str, str]:
+    """Which of a configuration's values sit on an edge of the range searched: name -> "low" or "high".
+
+    A parameter searched at a single value has no edge, and weight decay 0 (or momentum 0) is no
+    low edge to widen: nothing lies below it.
+    """
+    flags = {}
+    for name, (low, high) in ranges.items():
+        value = params.get(name)
+        if value is None or value is pd.NA or low == high or value != value:
+            continue
+        if value >= high:
+            flags[name] = "high"
+        elif value <= low and value > 0:
+            flags[name] = "low"
+    return flags
+
+
+# --- reading the curves ---
+
+NOT_LEARNING = 0.01  # the training loss fell by less than 1% from the first epoch to the last
+STILL_FALLING = 0.10  # the last epoch brought at least a tenth of the training loss's whole fall
+RISING = 0.05  # the last validation loss is 5% above its lowest, reached two or more epochs before the end
+
+
+DIAGNOSIS_RULES = (  # the first that holds; shown in the HTML report and the README
+    ("failed: REASON, diverged at epoch E, pruned at epoch E", "the trial did not finish."),
+    ("too short", "a single epoch is not a curve."),
+    ("not learning", "the training loss fell by less than 1% from the first epoch to the last: the learning "
+                     "rate is far too low, or so high that the ReLUs died (accuracy at chance, loss flat)."),
+    ("overfitting", "the last validation loss is more than 5% above its lowest, reached two or more epochs "
+                    "before the end, while the training loss kept falling since then."),
+    ("underfitting", "in the last epoch both losses still fell, the training loss by at least a tenth of its "
+                     "whole fall since epoch 1 (not flattening yet): more epochs would help."),
+    ("healthy", "none of the above: the training loss has flattened and the validation loss is not rising."),
+)
+
+
+def diagnose(outcome: str, train_loss: Sequence[float], val_loss: Sequence[float],
+             stopped_epoch: int | None = None, reason: str = "") -> str:
+    """What a trial's curves say: the first of DIAGNOSIS_RULES that holds."""
+    if outcome == "failed":
+        return f"failed: {reason}" if reason else "failed"
+    if outcome in ("diverged", "pruned"):
+        return f"{outcome} at epoch {stopped_epoch}" if stopped_epoch is not None else outcome
+    if outcome != "completed":
+        return outcome
+    if min(len(train_loss), len(val_loss)) < 2:
+        return "too short"
+    first, before, last = train_loss[0], train_loss[-2], train_loss[-1]
+    if first - last < NOT_LEARNING * abs(first):
+        return "not learning"
+    lowest = min(range(len(val_loss)), key=val_loss.__getitem__)
+    if lowest <= len(val_loss) - 3 and val_loss[-1] > val_loss[lowest] * (1 + RISING) and last < train_loss[lowest]:
+        return "overfitting"
+    if val_loss[-1] < val_loss[-2] and before - last >= STILL_FALLING * (first - last):
+        return "underfitting"
+    return "healthy"
+
+
+def phase(settings: Mapping[str, object]) -> str:
+    """Where a study stands in the recipe: "refine" when it was refined from others, else its command."""
+    return "refine" if "source" in settings else str(settings.get("command", ""))

@@ -12,6 +12,7 @@ Trial attributes written here (the names later stages and scripts read):
     train_loss     per-epoch mean training loss (list)
     val_loss       per-epoch validation loss (list)
     val_accuracy   per-epoch validation accuracy (list); also reported as intermediate values
+                   (absent for regression, whose intermediate values are val_loss)
     seconds        the trial's share of its population's wall time
     step_ms        mean wall time of one training step of its population, in milliseconds
     seed           the configuration's seed (from --seed and the values)
@@ -20,18 +21,24 @@ Trial attributes written here (the names later stages and scripts read):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
-from optuna.trial import Trial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hpsearch.errors import BadInput, Interrupted, RuntimeFailure
-from hpsearch.spec import Config, Dimension, SearchSpace, StudySpec, make_config
+from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
 from hpsearch.storage import Store, open_storage
+from hpsearch.workers import (ATTEMPT_ATTR, HEARTBEAT_ATTR, REQUEUED_ATTR, Heartbeat, Worker, fail, lock_folder,
+                              queued_params, reap, requeue)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both record the trials in flight as interrupted
 
 SETTINGS_ATTR = "hpsearch"  # study user attribute: the settings a study was created with
 TPE_BATCH = 8  # TPE asks this many at once (constant liar); small keeps the search adaptive
@@ -57,16 +64,48 @@ class SearchOutcome:
     failed: int  # trials of this run that failed
 
 
-def _finished(trial: optuna.trial.FrozenTrial) -> bool:
-    """Complete, diverged, or failed for a real reason; interrupted trials are queued again."""
+def finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """Complete, diverged, or failed for good; interrupted, died and retried trials are queued again."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") != "interrupted"
+    return (trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") != "interrupted"
+            and not trial.user_attrs.get(REQUEUED_ATTR))
 
 
-def _best(trials: Sequence[optuna.trial.FrozenTrial]) -> float | None:
+class _Stop(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that both take the same path."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
+def _signum(stop: KeyboardInterrupt) -> int:
+    return getattr(stop, "signum", signal.SIGINT)
+
+
+def _best(trials: Sequence[optuna.trial.FrozenTrial], minimize: bool = False) -> float | None:
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return max(values) if values else None
+    return (min if minimize else max)(values) if values else None
+
+
+# Settings keys added after studies already existed, and what a study without them meant.
+_LEGACY = {"metric": "val_accuracy"}
+
+
+def _metric(spec: StudySpec) -> str:
+    """The objective: validation accuracy for classification, validation loss for regression."""
+    if spec.metric is not None:
+        return spec.metric
+    if spec.task in BUILTIN_TASKS:  # all classification: no need to load them
+        return "val_accuracy"
+    from hpsearch.tasks import load_task
+
+    return "val_loss" if load_task(spec.task, spec.target, spec.kind).kind == "regression" else "val_accuracy"
 
 
 def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
@@ -75,12 +114,17 @@ def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, wanted)
         return
+    # A re-run may top up a budget or grow a grid: recorded as the latest, never refused.
+    revisable = ("trials", "space") if spec.command == "grid" else ("trials",)
+    latest = {key: wanted[key] for key in revisable if key in wanted and stored.get(key) != wanted[key]}
     for key, value in wanted.items():
-        if stored.get(key) != value:
+        if key not in revisable and stored.get(key, _LEGACY.get(key)) != value:
             raise BadInput(
                 f"study '{spec.study}' was run with {key}={stored.get(key)}, not {value}; "
                 f"re-run with the same settings to continue it, or choose another --study name"
             )
+    if latest:
+        study.set_user_attr(SETTINGS_ATTR, {**stored, **latest})
 
 
 def decode_params(params: dict[str, object]) -> dict[str, object]:
@@ -141,13 +185,22 @@ class _Runner:
         self.progress = progress
         self.task = None  # loaded on first use: a finished study needs no data
         trials = study.get_trials(deepcopy=False)
-        self.already = sum(_finished(t) for t in trials)
-        self.best = _best(trials)
-        study.sampler = _sampler(spec, len(trials))
+        self.already = sum(finished(t) for t in trials)
+        self.minimize = spec.metric == "val_loss"
+        self.best = _best(trials, self.minimize)
+        study.sampler = _sampler(spec)
+        self.worker = Worker(lock_folder(store))
+        # PostgreSQL is shared across machines, where lock files cannot be seen: a heartbeat shows life
+        self.heartbeat = Heartbeat(study) if isinstance(store.storage, optuna.storages.RDBStorage) else None
         self.trained = 0
         self.failed = 0
         self.total = 0
         self._depth = 0  # nesting of _writes()
+
+    def close(self) -> None:
+        if self.heartbeat:
+            self.heartbeat.stop()
+        self.worker.close()
 
     def _tick(self, extra: float = 0.0) -> None:
         if self.progress:
@@ -159,7 +212,7 @@ class _Runner:
             from hpsearch.train import resolve_device
 
             device = resolve_device(self.spec.device)
-            self.task = load_task(self.spec.task).to(device)
+            self.task = load_task(self.spec.task, self.spec.target, self.spec.kind).to(device)
         return self.task
 
     def run_batch(self, trials: list[Trial], configs: list[Config]) -> None:
@@ -178,8 +231,10 @@ class _Runner:
 
                 def on_epoch(report: EpochReport, group: list[Trial] = group) -> list[int]:
                     with self._writes():
-                        for i, acc in zip(report.members, report.val_accuracy):
-                            group[i].report(acc, report.epoch)
+                        values = report.val_loss if self.minimize else report.val_accuracy
+                        for i, value in zip(report.members, values):
+                            group[i].report(value, report.epoch)
+                            group[i].set_user_attr(HEARTBEAT_ATTR, round(time.time(), 3))
                         last = report.epoch == self.spec.epochs
                         prune = [] if last or self.spec.prune == "none" else [
                             i for i in report.members if group[i].should_prune()]
@@ -189,13 +244,9 @@ class _Runner:
                 try:
                     results = train_population(task, group_configs, self.spec.epochs, on_epoch)
                 except Exception as error:  # a failure of this population, not of the search
-                    reason = f"{type(error).__name__}: {error}".splitlines()[0]
-                    with self._writes():
-                        for trial in group:
-                            self._fail(trial, "failed", reason)
-                            pending.pop(trial.number)
-                    self.failed += len(group)
-                    self.trained += len(group)
+                    self._failed(group, f"{type(error).__name__}: {error}".splitlines()[0])
+                    for trial in group:
+                        pending.pop(trial.number)
                     continue
                 with self._writes():
                     for trial, result in zip(group, results):
@@ -203,8 +254,24 @@ class _Runner:
                         pending.pop(trial.number)
                 self.trained += len(group)
                 self._tick()
-        except KeyboardInterrupt:
-            self._interrupted(list(pending.values()))
+        except KeyboardInterrupt as stop:
+            self._interrupted(list(pending.values()), stop)
+        finally:
+            if self.heartbeat:
+                self.heartbeat.forget([t._trial_id for t in trials])
+
+    def _failed(self, group: list[Trial], reason: str) -> None:
+        """A population's training raised: queue each configuration again while it has retries left."""
+        with self._writes():
+            for trial in group:
+                attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
+                if attempt <= self.spec.retries:
+                    self._fail(trial, "failed", f"{reason} (attempt {attempt}; retry queued)", requeued=True)
+                    requeue(self.study, trial, attempt + 1)
+                else:
+                    self._fail(trial, "failed", reason if attempt == 1 else f"{reason} (after {attempt} attempts)")
+                    self.failed += 1
+                    self.trained += 1
 
     @contextlib.contextmanager
     def _writes(self, swallow: bool = False) -> Iterator[None]:
@@ -214,52 +281,61 @@ class _Runner:
         (popping a waiting trial and recording its parameters is not one write).
         """
         caught: list[int] = []
-        previous = None
+        previous = {}
         if self._depth == 0 and threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, lambda *_: caught.append(1))
+            previous = {s: signal.signal(s, lambda signum, _: caught.append(signum)) for s in STOP_SIGNALS}
         self._depth += 1
         try:
             with self.store.batch():
                 yield
         finally:
             self._depth -= 1
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         if caught and not swallow:
-            raise KeyboardInterrupt
+            raise _Stop(caught[0])
 
-    def _interrupted(self, trials: list[Trial]) -> None:
-        """Ctrl-C: record the running trials as interrupted, queue their configurations again, stop."""
+    def _interrupted(self, trials: list[Trial], stop: KeyboardInterrupt) -> None:
+        """Ctrl-C or SIGTERM: record the running trials as interrupted, queue their configurations again, stop."""
+        signum = _signum(stop)
+        by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         with self._writes(swallow=True):
             for trial in trials:
-                self._fail(trial, "interrupted", "stopped by Ctrl-C; queued again for the next run")
-                self.study.enqueue_trial(trial.params)
-        raise Interrupted(
-            f"interrupted: {len(trials)} running trial(s) recorded as interrupted and queued again; "
-            f"re-run the same command to finish study '{self.spec.study}'"
-        ) from None
+                self._fail(trial, "interrupted", f"stopped by {by}; queued again for the next run", requeued=True)
+                requeue(self.study, trial)
+        raise Interrupted.by(signum, f"interrupted by {by}: {len(trials)} running trial(s) recorded as interrupted and "
+                                     f"queued again; re-run the same command to finish study '{self.spec.study}'") from None
 
-    def _ask(self, count: int, distributions: dict[str, BaseDistribution] | None = None) -> list[Trial]:
-        """Pop or sample ``count`` trials in one batch of writes; Ctrl-C leaves none RUNNING."""
+    def _ask(self, how_many: Callable[[list[FrozenTrial]], int],
+             distributions: dict[str, BaseDistribution] | None = None) -> list[Trial]:
+        """Pop or sample trials under the storage's lock, so that workers never take the same one.
+
+        In one batch: fail and queue again the trials of dead workers, count what the study holds
+        (``how_many`` decides from its trials), ask, and sign each trial with this worker's name.
+        Ctrl-C leaves none RUNNING.
+        """
         asked: list[Trial] = []
         try:
             with self._writes():
-                for _ in range(count):
-                    asked.append(self.study.ask(distributions))
-        except KeyboardInterrupt:
-            self._interrupted(asked)
+                reap(self.study, self.worker)
+                for _ in range(how_many(self.study.get_trials(deepcopy=False))):
+                    trial = self.study.ask(distributions)
+                    self.worker.mark(trial)
+                    asked.append(trial)
+        except KeyboardInterrupt as stop:
+            self._interrupted(asked, stop)
+        if self.heartbeat:
+            self.heartbeat.watch([t._trial_id for t in asked])
         return asked
 
-    def _fail(self, trial: Trial, outcome: str, reason: str) -> None:
-        trial.set_user_attr("outcome", outcome)
-        trial.set_user_attr("reason", reason)
-        self.study.tell(trial, state=TrialState.FAIL)
+    def _fail(self, trial: Trial, outcome: str, reason: str, requeued: bool = False) -> None:
+        fail(self.study, trial._trial_id, outcome, reason, requeued)
 
     def _tell(self, trial: Trial, result) -> None:  # noqa: ANN001 - a train.MemberResult
         attrs = {
             "outcome": result.outcome,
             "reason": result.reason,
-            "epochs": len(result.val_accuracy),
+            "epochs": len(result.val_loss),
             "train_loss": result.train_loss,
             "val_loss": result.val_loss,
             "val_accuracy": result.val_accuracy,
@@ -277,52 +353,97 @@ class _Runner:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if result.outcome == "completed":
-            value = result.val_accuracy[-1]
+            value = result.val_loss[-1] if self.minimize else result.val_accuracy[-1]
             self.study.tell(trial, value)
-            self.best = value if self.best is None else max(self.best, value)
+            self.best = value if self.best is None else (min if self.minimize else max)(self.best, value)
         else:
             self.study.tell(trial, state=TrialState.PRUNED)  # diverged or pruned: TPE still learns from the curve
 
     def grid(self) -> None:
-        points = self.spec.space.grid()
-        trials = self.study.get_trials(deepcopy=False)
-        taken = {param_config(t.params or t.system_attrs.get("fixed_params", {}), 0).key()
-                 for t in trials if _finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
-        with self._writes():
+        points = self.spec.grid_points()
+        with self._writes():  # under the lock: workers starting together enqueue each point once
+            reap(self.study, self.worker)
+            trials = self.study.get_trials(deepcopy=False)
+            taken = {param_config(queued_params(t), 0).key()
+                     for t in trials if finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
             for p in points:
                 if make_config(p, 0).key() not in taken:
                     self.study.enqueue_trial(p)
-        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         self.total = self.already + len(waiting)
-        dists = _grid_distributions(points + [t.system_attrs["fixed_params"] for t in waiting])
+        dists = _grid_distributions(points + [queued_params(t) for t in waiting])  # type: ignore[misc]
         if waiting:
             self._load_task()
         self._tick()
-        for start in range(0, len(waiting), self.spec.max_population):
-            asked = self._ask(len(waiting[start:start + self.spec.max_population]), dists)
+
+        def waiting_now(trials: list[FrozenTrial]) -> int:  # ask() would sample a fresh point when none waits
+            return min(self.spec.max_population, sum(t.state == TrialState.WAITING for t in trials))
+
+        while asked := self._ask(waiting_now, dists):
             self.run_batch(asked, [param_config(t.params, self.spec.seed) for t in asked])
 
     def sample(self, batch: int) -> None:
+        """Ask until the study holds its budget: finished, running (on any worker) and queued trials all count."""
         self.total = max(self.spec.trials or 0, self.already)
-        remaining = self.total - self.already
-        if remaining:
+        if self.total > self.already:
             self._load_task()
         self._tick()
-        while remaining > 0:
-            asked = self._ask(min(batch, remaining))
+
+        def room(trials: list[FrozenTrial]) -> int:
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            counted = sum(finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+            return min(batch, waiting + max(0, self.total - counted))
+
+        while asked := self._ask(room):
             with self._writes():
                 configs = [param_config(_sample(t, self.spec.space), self.spec.seed) for t in asked]
-            remaining -= len(asked)
             self.run_batch(asked, configs)
 
 
-def _sampler(spec: StudySpec, history: int) -> optuna.samplers.BaseSampler:
-    # Seeded by --seed and the trials already there: deterministic, yet a resumed study does not
-    # replay the configurations it tried before (a fresh RandomSampler(seed) would).
-    seed = (spec.seed * 1_000_003 + history) % 2**32
-    if spec.command == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    return optuna.samplers.RandomSampler(seed=seed)
+def _trial_seed(seed: int, trial: FrozenTrial, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(repr((seed, trial.number, name)).encode()).digest()[:4], "little")
+
+
+class _TrialSeededRandom(optuna.samplers.RandomSampler):
+    """Random sampling seeded by --seed and the trial number.
+
+    So trial k draws the same values whichever worker asks it and in whatever order (results do not
+    depend on --jobs), workers never draw the same values, and a resumed study does not replay the
+    trials it has (a fresh RandomSampler(seed) in each process would).
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.seed = seed
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> object:
+        self._rng.rng.seed(_trial_seed(self.seed, trial, param_name))
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+class _TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random draws are seeded by the trial number, like _TrialSeededRandom (its picks still
+    depend on the trials finished before, so they vary with --jobs)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed, constant_liar=True)
+        self.seed = seed
+        self._random_sampler = _TrialSeededRandom(seed)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, object]:
+        self._rng.rng.seed(_trial_seed(self.seed, trial, ""))
+        return super().sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> object:
+        self._rng.rng.seed(_trial_seed(self.seed, trial, param_name))
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    return _TrialSeededTPE(spec.seed) if spec.command == "tpe" else _TrialSeededRandom(spec.seed)
 
 
 def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -336,26 +457,52 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> SearchOutcome:
-    """Run (or continue) the study ``spec`` describes; Ctrl-C raises Interrupted after recording."""
+def prepare_study(spec: StudySpec) -> tuple[StudySpec, Store, optuna.Study]:
+    """Open the storage and the study (created on first use), checking that its settings match.
+
+    Returns the spec with its metric known, the storage and the study.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = replace(spec, metric=_metric(spec))  # a bad plug-in or data file stops here, before any write
+    direction = optuna.study.StudyDirection.MINIMIZE if spec.metric == "val_loss" else optuna.study.StudyDirection.MAXIMIZE
     store = open_storage(spec.storage, create=True)
     shown = store.shown
     try:
-        study = optuna.create_study(storage=store.storage, study_name=spec.study, direction="maximize",
+        study = optuna.create_study(storage=store.storage, study_name=spec.study, direction=direction,
                                     load_if_exists=True, pruner=_pruner(spec))
     except Exception as error:  # storage errors: one line, password hidden
         raise RuntimeFailure(f"cannot open study '{spec.study}' in {shown}: {type(error).__name__}") from None
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise BadInput(f"study '{spec.study}' in {shown} is not an hpsearch study; choose another --study name")
+    if study.direction != direction:
+        raise BadInput(f"study '{spec.study}' in {shown} is not an hpsearch study of a {spec.metric} task "
+                       f"(it {'maximises' if study.direction.name == 'MAXIMIZE' else 'minimises'}); "
+                       "choose another --study name")
     _check_settings(study, spec)
+    return spec, store, study
+
+
+def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> SearchOutcome:
+    """Run (or continue) the study ``spec`` describes, in ``spec.jobs`` worker processes.
+
+    Ctrl-C or SIGTERM raise Interrupted (exit 130 / 143) after recording the trials in flight.
+    """
+    if spec.jobs > 1:
+        from hpsearch.workers import run_jobs
+
+        return run_jobs(spec, progress)
+    spec, store, study = prepare_study(spec)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stop) if main_thread else None
     runner = _Runner(spec, study, store, progress)
     try:
         if spec.command == "grid":
             runner.grid()
         else:
             runner.sample(TPE_BATCH if spec.command == "tpe" else RANDOM_BATCH)
-    except KeyboardInterrupt:  # between populations: no trial was in flight
-        raise Interrupted(f"interrupted; re-run the same command to finish study '{spec.study}'") from None
-    return SearchOutcome(spec.study, shown, runner.trained, runner.already, runner.failed)
+    except KeyboardInterrupt as stop:  # between populations: no trial was in flight
+        raise Interrupted.by(_signum(stop), f"interrupted; re-run the same command to finish study '{spec.study}'") from None
+    finally:
+        runner.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return SearchOutcome(spec.study, store.shown, runner.trained, runner.already, runner.failed)
 

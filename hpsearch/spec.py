@@ -17,6 +17,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 from hpsearch.errors import BadInput
@@ -25,7 +26,10 @@ PARAMS = ("lr", "weight_decay", "batch_size", "momentum")
 FLAGS = {name: "--" + name.replace("_", "-") for name in PARAMS}
 COMMANDS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha", "hyperband")
-BUILTIN_TASKS = ("digits",)
+BUILTIN_TASKS = ("digits", "mnist1d")
+DATA_SUFFIXES = (".npz", ".csv")  # a task reference ending so is a data file (--data)
+KINDS = ("classification", "regression")
+TASK_FORMS = "FILE.py:FUNCTION, package.module:FUNCTION, or --data FILE.npz|FILE.csv"
 
 # The recipe's coarse grid (DESIGN.md); the same as the benchmark yardstick's defaults.
 GRID_DEFAULTS = {"lr": "1e-1,1e-2,1e-3,1e-4", "weight_decay": "1e-4,1e-5,0", "batch_size": "32,128", "momentum": "0.9"}
@@ -34,6 +38,7 @@ SAMPLED_DEFAULTS = {"lr": "1e-5:1", "weight_decay": "0,1e-6:1e-2", "batch_size":
 DEFAULT_EPOCHS = 5  # "a few epochs": enough to rank a coarse grid, as in the recipe
 DEFAULT_TRIALS = 20
 DEFAULT_SEED = 0
+DEFAULT_RETRIES = 1  # one retry tells a passing fault (a full disk, a busy GPU) from a real bug
 
 
 def tidy(value: float) -> float:
@@ -233,13 +238,32 @@ class StudySpec:
     # Members trained as one batched model. On 2 CPU cores (make bench) trials/s peaks near 64
     # and falls at 256 as the batch leaves the cache; it also bounds memory.
     max_population: int = 64
+    target: str | None = None  # a CSV data file's label column
+    kind: str | None = None  # a data file's kind; None: from its targets (see usertasks)
+    # The objective: "val_accuracy" (maximised, classification) or "val_loss" (minimised,
+    # regression); None until the search has loaded the task and knows its kind.
+    metric: str | None = None
+    jobs: int = 1  # worker processes on this machine sharing the study (hpsearch.workers)
+    retries: int = DEFAULT_RETRIES  # re-runs of a configuration whose training raised an error
+    # A refined grid (hpsearch.refine) is a union of neighbourhoods, not a product: its points are listed.
+    points: tuple[dict[str, float], ...] | None = None
+    source: dict[str, object] | None = None  # a refined study's origin: studies, trials, rule (hpsearch.refine)
+
+    def grid_points(self) -> list[dict[str, float]]:
+        """The points a grid study trains: the listed ones, else every point of the space."""
+        return [dict(p) for p in self.points] if self.points is not None else self.space.grid()
 
     def settings(self) -> dict[str, object]:
         """The settings that change results; stored on the study and compared on a re-run."""
         out: dict[str, object] = {"command": self.command, "task": self.task, "epochs": self.epochs, "seed": self.seed,
                                   "prune": self.prune}
-        if self.command != "grid":
-            out["space"] = self.space.texts()
+        out.update({key: value for key, value in (("target", self.target), ("kind", self.kind), ("metric", self.metric))
+                    if value is not None})
+        out["space"] = self.space.texts()  # a grid's too: a study file re-runs it (studyfile.py)
+        if self.trials is not None:
+            out["trials"] = self.trials
+        if self.source is not None:
+            out["source"] = self.source
         return out
 
 
@@ -250,7 +274,10 @@ def build_spec(
     weight_decay: str | None = None,
     batch_size: str | None = None,
     momentum: str | None = None,
-    task: str = "digits",
+    task: str | None = None,
+    data: str | None = None,
+    target: str | None = None,
+    kind: str | None = None,
     epochs: int = DEFAULT_EPOCHS,
     seed: int = DEFAULT_SEED,
     trials: int | None = None,
@@ -258,12 +285,13 @@ def build_spec(
     storage: str | None = None,
     device: str = "auto",
     prune: str = "none",
+    jobs: int = 1,
+    retries: int = DEFAULT_RETRIES,
 ) -> StudySpec:
     if command not in COMMANDS:
         raise BadInput(f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}")
     space = parse_space(command, {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "momentum": momentum})
-    if task not in BUILTIN_TASKS:
-        raise BadInput(f"unknown task '{task}'; built-in tasks: {', '.join(BUILTIN_TASKS)}")
+    task, stem = task_reference(task, data, target, kind)
     if epochs < 1:
         raise BadInput(f"--epochs {epochs}: train at least 1 epoch")
     if command != "grid":
@@ -274,10 +302,48 @@ def build_spec(
         raise BadInput(f"--device {device}: choose auto, cpu, cuda or cuda:INDEX")
     if prune not in PRUNERS:
         raise BadInput(f"--prune {prune}: choose one of {', '.join(PRUNERS)}")
-    name = study if study is not None else f"{task}-{command}"
+    if jobs < 1:
+        raise BadInput(f"--jobs {jobs}: run at least 1 worker")
+    if retries < 0:
+        raise BadInput(f"--retries {retries}: give 0 or more")
+    name = study if study is not None else f"{stem}-{command}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise BadInput(f"--study '{name}': use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
-    return StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune)
+    return StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune, target=target, kind=kind,
+                     jobs=jobs, retries=retries)
+
+
+def task_reference(task: str | None, data: str | None, target: str | None, kind: str | None) -> tuple[str, str]:
+    """Check a task reference's syntax (tasks.load_task loads it); return it and its default study stem.
+
+    A built-in name; ``FILE.py:FUNCTION`` or ``package.module:FUNCTION`` (a plug-in, named by its
+    function); a ``.npz`` / ``.csv`` data file (named by its file name).
+    """
+    if data is not None and task is not None:
+        raise BadInput(f"give --task or --data, not both (--task {task} --data {data})")
+    if data is not None and not data.endswith(DATA_SUFFIXES):
+        raise BadInput(f"--data {data}: give a .npz or .csv file")
+    ref = data or task or "digits"
+    is_data = ref.endswith(DATA_SUFFIXES)
+    if is_data and ref.endswith(".csv") and target is None:
+        raise BadInput(f"--data {ref}: name the label column with --target COLUMN")
+    if target is not None and not ref.endswith(".csv"):
+        raise BadInput(f"--target {target}: only a .csv --data file has a label column to name")
+    if kind is not None and not is_data:
+        raise BadInput(f"--kind {kind}: only for --data files (a task function sets its Task's kind)")
+    if kind is not None and kind not in KINDS:
+        raise BadInput(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+    if ref in BUILTIN_TASKS:
+        return ref, ref
+    if is_data:
+        stem = Path(ref).stem
+    else:
+        where, _, function = ref.rpartition(":")
+        module = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+        if not (function.isidentifier() and (where.endswith(".py") or re.fullmatch(module, where))):
+            raise BadInput(f"unknown task '{ref}'; built-in tasks: {', '.join(BUILTIN_TASKS)}; or {TASK_FORMS}")
+        stem = function
+    return ref, re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-.") or "task"
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,20 @@ survives a killed process and can be shared by processes on one machine.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 import optuna
 from optuna.storages import BaseStorage
 
 from hpsearch.errors import BadInput, RuntimeFailure
+from hpsearch.journal import FlockLock, check_tail, torn_message
 
 DEFAULT_JOURNAL = Path("studies") / "hpsearch.journal"
 ENV_VAR = "HPSEARCH_STORAGE"
@@ -48,6 +50,7 @@ class _Batch:
         if backend.depth == 0:
             backend.lock.acquire()
             try:
+                check_tail(backend.path, backend.shown)  # never append after a torn record
                 backend.file = open(backend.path, "ab")
             except BaseException:
                 backend.lock.release()
@@ -67,22 +70,27 @@ class _Batch:
                 backend.lock.release()
 
 
-def _batching_backend(path: str) -> Any:
+def _batching_backend(path: str, shown: str) -> Any:
     from optuna.storages.journal import JournalFileBackend
 
     class BatchingJournalFile(JournalFileBackend):
-        """Optuna's journal file backend, plus ``batch()``; the file format is unchanged."""
+        """Optuna's journal file backend, plus ``batch()``; the file format is unchanged.
+
+        Its lock is an flock (released when a writer dies) and every append checks the tail first.
+        """
 
         def __init__(self, file_path: str) -> None:
-            super().__init__(file_path)
+            super().__init__(file_path, lock_obj=FlockLock(file_path))
             self.path = file_path
+            self.shown = shown
             self.lock = self._lock
             self.depth = 0
             self.file: IO[bytes] | None = None
 
         def append_logs(self, logs: list[dict[str, Any]]) -> None:
             if self.file is None:
-                return super().append_logs(logs)
+                with self.batch():
+                    return self.append_logs(logs)
             self.file.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode())
             self.file.flush()
 
@@ -90,6 +98,41 @@ def _batching_backend(path: str) -> Any:
             return _Batch(self)
 
     return BatchingJournalFile(path)
+
+
+class _AdvisoryLocks:
+    """PostgreSQL's ``batch()``: a session-level advisory lock held across the writes, released on disconnect.
+
+    It makes a batch exclusive across workers, as the journal's file lock does: popping waiting trials,
+    counting a budget and enqueueing missing grid points are then atomic on every machine.
+    """
+
+    KEY = 0x68707365  # "hpse": one lock per database, shared by every hpsearch worker
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.depth = 0
+        self.connection: Any = None
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        import sqlalchemy
+
+        if self.depth == 0:
+            self.connection = self.engine.connect()
+            self.connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.KEY})
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                connection, self.connection = self.connection, None
+                try:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self.KEY})
+                    connection.commit()
+                finally:
+                    connection.close()
 
 
 class _NoBatch:
@@ -106,7 +149,7 @@ class Store:
 
     storage: BaseStorage
     shown: str
-    backend: Any = None  # the journal file backend, when the storage is a journal file
+    backend: Any = None  # what batch() holds: the journal file backend, or PostgreSQL's advisory locks
 
     def batch(self) -> Any:
         """A context in which many writes cost one lock and one fsync (journal files; a no-op otherwise)."""
@@ -123,7 +166,9 @@ def open_storage(url: str | None, create: bool) -> Store:
     shown = redact(location)
     if "://" in location:
         try:
-            return Store(optuna.storages.RDBStorage(location), shown)
+            storage = optuna.storages.RDBStorage(location)
+            locks = _AdvisoryLocks(storage.engine) if storage.engine.dialect.name == "postgresql" else None
+            return Store(storage, shown, locks)
         except Exception as error:
             message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
             raise RuntimeFailure(f"cannot open storage {shown}: {message}") from None
@@ -136,10 +181,18 @@ def open_storage(url: str | None, create: bool) -> Store:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = _batching_backend(str(path))
+        backend = _batching_backend(str(path), shown)
+        backend.lock.acquire()  # the tail is checked under the lock, where no writer is mid-record
+        try:
+            check_tail(backend.path, shown)
+        finally:
+            backend.lock.release()
     except OSError as error:
         raise RuntimeFailure(f"cannot write the journal {shown}: {error.strerror}; choose another --storage") from None
-    return Store(JournalStorage(backend), shown, backend)
+    try:
+        return Store(JournalStorage(backend), shown, backend)
+    except ValueError:  # a torn record with others after it (written by a plain Optuna writer)
+        raise RuntimeFailure(torn_message(shown)) from None
 
 
 def study_names(storage: BaseStorage) -> list[str]:

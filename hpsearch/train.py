@@ -7,14 +7,19 @@ and a vectorised SGD step with per-member learning rate, weight decay and moment
 (``torch.optim.SGD`` semantics: coupled weight decay, dampening 0, no Nesterov).
 Each member has its own seed for initialisation and data order, so a member ends where the same
 configuration trained alone would: a population of one *is* the single-trial trainer.
+BatchNorm keeps running statistics per member; Dropout draws different masks per member (so
+equality with a solo run holds for models without randomness). A model torch.func cannot
+vectorise trains through the same interface with a forward that loops over the members.
+Loss: cross-entropy for classification, mean squared error for regression.
 
 The host reads metrics once per epoch; divergence is detected on the device at every step.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -24,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpsearch.errors import BadInput
 from hpsearch.spec import Config
-from hpsearch.tasks import Task
+from hpsearch.tasks import Task, note_once
 
 DIVERGENCE_FACTOR = 10.0  # a loss above 10x the member's first loss counts as exploding (DESIGN.md)
 
@@ -37,7 +42,7 @@ class EpochReport:
     members: list[int]  # indices into the configurations that finished this epoch healthy
     train_loss: list[float]
     val_loss: list[float]
-    val_accuracy: list[float]
+    val_accuracy: list[float]  # empty for a regression task
     diverged: list[int]  # indices that diverged during this epoch
     seconds: float
 
@@ -52,7 +57,7 @@ class MemberResult:
     outcome: str = "completed"  # completed | diverged | stopped
     train_loss: list[float] = field(default_factory=list)  # one value per finished epoch
     val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)  # stays empty for a regression task
     stopped_epoch: int | None = None  # the epoch in which it diverged or was stopped
     diverged_step: int | None = None  # the step within that epoch (from 1)
     reason: str = ""
@@ -141,21 +146,27 @@ def _fused_mlp(models: list[nn.Module], device: torch.device) -> _Batched | None
     return _Batched(params, forward, export)
 
 
-def _vmapped(models: list[nn.Module], device: torch.device) -> _Batched:
-    """Any model: parameters stacked with torch.func, forward through vmap(functional_call)."""
+def _vmapped(models: list[nn.Module], device: torch.device, probe: torch.Tensor) -> _Batched | None:
+    """Any model torch.func can vectorise: parameters and buffers stacked, forward through vmap(functional_call).
+
+    Buffers are stacked per member too, so BatchNorm updates each member's running statistics in
+    place; Dropout draws different masks per member (randomness="different"). One training step
+    and one evaluation on ``probe`` (inputs (P, B, ...)) are tried on copies of the buffers: None
+    when torch.func cannot vectorise the model (data-dependent control flow, .item(), ...).
+    """
     stacked, buffers = stack_module_state(models)
     names = list(stacked)
     buffers = {k: v.to(device) for k, v in buffers.items()}
-    base = models[0].to("meta")
+    base = copy.deepcopy(models[0]).to("meta")
 
     def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(base, (p, b), (x,))
 
-    each, shared = vmap(one), vmap(one, in_dims=(0, 0, None))
+    each, shared = vmap(one, randomness="different"), vmap(one, in_dims=(0, 0, None), randomness="different")
 
     def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         p = dict(zip(names, params))
-        return shared(p, buffers, x) if x.dim() == 2 else each(p, buffers, x)
+        return shared(p, buffers, x) if x.dim() == probe.dim() - 1 else each(p, buffers, x)
 
     def export(params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in zip(names, params)}
@@ -164,7 +175,60 @@ def _vmapped(models: list[nn.Module], device: torch.device) -> _Batched:
         buffers.update({k: v[rows] for k, v in buffers.items()})
 
     params = [v.detach().to(device).requires_grad_() for v in stacked.values()]
+    saved = {k: v.clone() for k, v in buffers.items()}
+    try:
+        base.train(True)
+        torch.autograd.grad(forward(params, probe).sum(), params, allow_unused=True)
+        base.train(False)
+        with torch.no_grad():
+            forward(params, probe[0])
+    except Exception:  # noqa: BLE001 - whatever vmap refuses, the members are trained one at a time
+        return None
+    finally:
+        buffers.update(saved)
     return _Batched(params, forward, export, base.train, keep)
+
+
+def _one_at_a_time(models: list[nn.Module], device: torch.device, member_dims: int) -> _Batched:
+    """The same interface for a model torch.func cannot vectorise: each member's own forward, in turn.
+
+    Parameters are still stacked (P, ...) leaves, so the vectorised SGD step is unchanged; only the
+    forward loops over the members, each a real module with its own buffers.
+    """
+    stacked, _ = stack_module_state(models)
+    names = list(stacked)
+    members = [m.to(device) for m in models]
+
+    def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        shared = x.dim() < member_dims  # inputs (B, ...) for every member, or (P, B, ...)
+        return torch.stack([functional_call(model, {n: p[row] for n, p in zip(names, params)}, (x if shared else x[row],))
+                            for row, model in enumerate(members)])
+
+    def export(params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in zip(names, params)}
+
+    def train(mode: bool) -> None:
+        for model in members:
+            model.train(mode)
+
+    def keep(rows: torch.Tensor) -> None:
+        members[:] = [members[row] for row in rows.tolist()]
+
+    params = [v.detach().to(device).requires_grad_() for v in stacked.values()]
+    return _Batched(params, forward, export, train, keep)
+
+
+def member_losses(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each member's mean loss: cross-entropy (classification) or mean squared error (regression).
+
+    ``outputs`` (P, B, C); ``targets`` per member (P, B[, C]) or shared by every member (B[, C]).
+    """
+    if targets.dim() < outputs.dim() - (kind == "classification"):
+        targets = targets.expand(outputs.shape[0], *targets.shape)
+    if kind == "regression":
+        return F.mse_loss(outputs, targets, reduction="none").flatten(1).mean(1)
+    losses = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none")
+    return losses.view(outputs.shape[0], -1).mean(1)
 
 
 def train_population(
@@ -184,6 +248,7 @@ def train_population(
     device = x_train.device
     n = len(x_train)
     steps = math.ceil(n / batch_size)
+    classifying = task.kind == "classification"
 
     models = []
     with torch.random.fork_rng(devices=[]):
@@ -192,7 +257,13 @@ def train_population(
             # would also seed every accelerator backend, at ~1 ms a call.
             torch.default_generator.manual_seed(c.seed)
             models.append(task.make_model())
-    batched = _fused_mlp(models, device) or _vmapped(models, device)
+    # A tiny batch per member (two examples: BatchNorm needs more than one) to try torch.func on.
+    probe = x_train[torch.arange(len(models) * 2, device=device) % n].view(len(models), 2, *x_train.shape[1:])
+    batched = _fused_mlp(models, device) or _vmapped(models, device, probe)
+    if batched is None:
+        note_once(f"note: torch.func cannot vectorise the {type(models[0]).__name__} model of task '{task.name}': "
+                   "its members train one at a time (slower, same results)")
+        batched = _one_at_a_time(models, device, probe.dim())
     params = batched.params
 
     ids = list(range(len(configs)))  # original index of each row still training
@@ -216,9 +287,7 @@ def train_population(
         batched.train(True)
         for step in range(steps):
             index = order[:, step * batch_size:(step + 1) * batch_size]
-            logits = batched.forward(params, x_train[index])
-            losses = F.cross_entropy(logits.flatten(0, 1), y_train[index].flatten(), reduction="none")
-            losses = losses.view(rows, -1).mean(1)
+            losses = member_losses(task.kind, batched.forward(params, x_train[index]), y_train[index])
             # Members are independent rows: a diverged member's NaN reaches no other member's gradient.
             grads = torch.autograd.grad(losses.sum(), params)
             with torch.no_grad():
@@ -236,9 +305,9 @@ def train_population(
                     p.addcmul_(step_size.view(shape), v, value=-1.0)
         with torch.no_grad():
             batched.train(False)
-            logits = batched.forward(params, x_val)
-            val_losses = F.cross_entropy(logits.flatten(0, 1), y_val.repeat(rows), reduction="none").view(rows, -1).mean(1)
-            val_acc = (logits.argmax(-1) == y_val).float().mean(1)
+            outputs = batched.forward(params, x_val)
+            val_losses = member_losses(task.kind, outputs, y_val)
+            val_acc = (outputs.argmax(-1) == y_val).float().mean(1) if classifying else torch.full_like(val_losses, math.nan)
             first_bad = (~(losses_seen <= limit)).to(torch.uint8).argmax(0)  # 0 where none was bad
             bad_loss = losses_seen.gather(0, first_bad.unsqueeze(0)).squeeze(0)
             stats = torch.stack([losses_seen.mean(0), val_losses, val_acc, alive.float(), first_bad.float() + 1,
@@ -254,7 +323,8 @@ def train_population(
             if ok and math.isfinite(val_loss):
                 r.train_loss.append(train_loss)
                 r.val_loss.append(val_loss)
-                r.val_accuracy.append(val_accuracy)
+                if classifying:
+                    r.val_accuracy.append(val_accuracy)
                 healthy.append(i)
                 continue
             r.outcome, r.stopped_epoch = "diverged", epoch
@@ -270,7 +340,7 @@ def train_population(
             healthy,
             [results[i].train_loss[-1] for i in healthy],
             [results[i].val_loss[-1] for i in healthy],
-            [results[i].val_accuracy[-1] for i in healthy],
+            [results[i].val_accuracy[-1] for i in healthy] if classifying else [],
             diverged,
             seconds,
         )
@@ -294,3 +364,16 @@ def train_population(
         if not ids:
             break
     return results
+
+
+def train_and_test(task: Task, config: Config, epochs: int) -> MemberResult:
+    """Train one configuration as the search did and evaluate it on the test split (``hpsearch test``).
+
+    The search's own code path, a population of one, with the test split in the validation slot:
+    the model trains exactly as in its trial (evaluation changes nothing it learns). The trainer
+    evaluates that slot after every epoch; only the figures after the last epoch are kept, so no
+    earlier test figure can be read, let alone steer anything.
+    """
+    result = train_population(replace(task, val=task.test), [config], epochs)[0]
+    del result.val_loss[:-1], result.val_accuracy[:-1]
+    return result

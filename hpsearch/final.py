@@ -1,0 +1,107 @@
+"""The end of the recipe: the chosen configuration, trained again, evaluated once on the test split.
+
+The search ranks on the validation split only. The test split is touched once, at the very end,
+for the configuration chosen: a test figure that could be looked at again and again would end up
+steering the choice, and would then no longer estimate how the model does on unseen data. So
+the result is recorded on the study (user attribute ``test_result``) and a second evaluation is
+refused unless asked for with ``force``; the record counts the evaluations.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.errors import BadInput, RuntimeFailure
+from hpsearch.results import rank, trials_frame
+from hpsearch.search import SETTINGS_ATTR, param_config
+from hpsearch.storage import load_study, open_storage
+
+TEST_ATTR = "test_result"
+
+
+class AlreadyTested(BadInput):
+    """The study's test result is recorded already; ``recorded`` holds it."""
+
+    def __init__(self, message: str, recorded: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.recorded = recorded
+
+
+def _chosen(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    """The trial to test: the study's best (``hpsearch.results.rank``), or trial ``number``, completed."""
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        ranked = rank(trials_frame(study))
+        done = ranked[ranked["outcome"] == "completed"]
+        if done.empty:
+            raise BadInput(f"study '{study.study_name}' has no completed trial to test")
+        number = int(done.iloc[0]["trial"])
+    found = [t for t in trials if t.number == number]
+    if not found:
+        raise BadInput(f"study '{study.study_name}' has no trial {number} (trials 0 to {len(trials) - 1})")
+    if found[0].state != TrialState.COMPLETE:
+        outcome = found[0].user_attrs.get("outcome", found[0].state.name.lower())
+        raise BadInput(f"trial {number} of study '{study.study_name}' did not complete ({outcome}); test a completed one")
+    return found[0]
+
+
+def final_test(name: str, trial: int | None = None, force: bool = False, storage: str | None = None,
+               device: str = "auto") -> dict[str, Any]:
+    """Train the chosen trial's configuration (same seed and epochs as in the study), evaluate it on the
+    test split, record the result on the study and return it.
+
+    Raises AlreadyTested when a result is recorded and ``force`` is not given.
+    """
+    store = open_storage(storage, create=False)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(store.storage, store.shown, name)
+    settings = study.user_attrs.get(SETTINGS_ATTR)
+    if not settings:
+        raise BadInput(f"study '{name}' was not made by hpsearch (it has no '{SETTINGS_ATTR}' settings)")
+    recorded = study.user_attrs.get(TEST_ATTR)
+    if recorded and not force:
+        raise AlreadyTested(f"study '{name}' was tested already ({recorded.get('when')}): the test set is used once, "
+                            "so that it cannot steer the search; --force evaluates again (and says so in the record)",
+                            recorded)
+    chosen = _chosen(study, trial)
+    config = param_config(chosen.params, int(settings["seed"]))
+    epochs = int(settings["epochs"])
+
+    from hpsearch.tasks import load_task
+    from hpsearch.train import resolve_device, train_and_test
+
+    task = load_task(str(settings["task"]), settings.get("target"), settings.get("kind")).to(resolve_device(device))
+    result = train_and_test(task, config, epochs)
+    if result.outcome != "completed":
+        raise RuntimeFailure(f"trial {chosen.number}'s configuration did not train to the end this time: {result.reason}")
+    val_accuracy = chosen.user_attrs.get("val_accuracy") or []
+    record = {
+        "study": name,
+        "trial": chosen.number,
+        "config": config.params(),
+        "seed": config.seed,
+        "epochs": epochs,
+        "val_accuracy": val_accuracy[-1] if val_accuracy else None,
+        "val_loss": (chosen.user_attrs.get("val_loss") or [None])[-1],
+        "test_loss": result.val_loss[-1],
+        "test_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "evaluations": int(recorded.get("evaluations", 1)) + 1 if recorded else 1,
+    }
+    with store.batch():
+        study.set_user_attr(TEST_ATTR, record)
+    return record
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A recorded test result as one line for a person."""
+    config = ", ".join(f"{key}={value:g}" for key, value in record["config"].items())
+    metrics = [f"test {key} {record[f'test_{key}']:.4f}" for key in ("accuracy", "loss") if record.get(f"test_{key}") is not None]
+    if record.get("val_accuracy") is not None:
+        metrics.append(f"validation accuracy {record['val_accuracy']:.4f}")
+    times = record.get("evaluations", 1)
+    return (f"Test of study {record['study']}, trial {record['trial']} ({config}; {record['epochs']} epochs): "
+            f"{', '.join(metrics)}; evaluated {'once' if times == 1 else f'{times} times'}, last {record['when']}")

@@ -1,0 +1,176 @@
+"""Plots of a report as PNG files: loss curves, the validation metric against the learning rate, and
+the parameter importances. Matplotlib (Agg backend) is imported when a plot is drawn, never by ``--help``."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.results import PARAMS, Results
+
+if TYPE_CHECKING:
+    import optuna
+
+TOP_CURVES = 5  # loss curves of the best configurations: more lines than this are unreadable
+LABELS = {"lr": "Learning rate", "weight_decay": "Weight decay", "batch_size": "Batch size", "momentum": "Momentum"}
+
+
+@dataclass(frozen=True)
+class Importance:
+    """Parameter importances of one study (empty when they cannot be told) and the sentence that says so."""
+
+    study: str
+    shares: dict[str, float]
+    sentence: str
+
+
+def importance(study: optuna.Study) -> Importance:
+    """fANOVA importances of the parameters that varied, on the completed trials.
+
+    Optuna 5's default evaluator, PED-ANOVA, compares the top 10% of trials with the rest: a coarse
+    grid of 24 has two or three top trials, and its shares swing with them. fANOVA (a random forest,
+    seeded here) splits the variance of the objective between the parameters.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    name = study.study_name
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(trials) < 2:
+        return Importance(name, {}, f"Study {name}: {len(trials)} completed trial(s), too few to tell which "
+                                    "parameter mattered.")
+    common = set.intersection(*(set(t.params) for t in trials))  # weight decay is absent where 0 was drawn
+    varied = sorted(p for p in common if len({t.params[p] for t in trials}) > 1)
+    if not varied or len({t.value for t in trials}) == 1:
+        return Importance(name, {}, f"Study {name}: every completed trial scored the same or tried the same "
+                                    "values, so no parameter stands out.")
+    try:
+        shares = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varied)
+    except (ValueError, RuntimeError) as error:  # conditional parameters missing from some trials
+        return Importance(name, {}, f"Study {name}: importances could not be computed ({error}).")
+    merged: dict[str, float] = {}
+    for stored, value in shares.items():  # "weight_decay_zero" (0 or a log range) is weight decay too
+        key = "weight_decay" if stored == "weight_decay_zero" else stored
+        merged[key] = merged.get(key, 0.0) + float(value)
+    top, share = max(merged.items(), key=lambda item: item[1])
+    return Importance(name, merged, f"Study {name}: {LABELS.get(top, top).lower()} mattered most "
+                                    f"({share:.0%} of the variance of the objective explained, fANOVA over "
+                                    f"{len(trials)} completed trials).")
+
+
+def importances(results: Results) -> list[Importance]:
+    """The importances of each study shown (computed per study: each has its own search space)."""
+    return [importance(study) for study in results.studies.values()]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(record: dict[str, Any], several: bool) -> str:
+    where = f"{record['study']} #{record['trial']}" if several else f"#{record['trial']}"
+    return (f"{where}: lr {record['lr']:.3g}, wd {record['weight_decay']:.3g}, bs {record['batch_size']}, "
+            f"m {record['momentum']:.3g}")
+
+
+def loss_curves(results: Results, top: int = TOP_CURVES) -> Any:
+    """Training (solid) and validation (dashed) loss per epoch of the best configurations."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    ok = results.frame[results.frame["outcome"] == "completed"].head(top)
+    several = results.frame["study"].nunique() > 1
+    for i, record in enumerate(ok.to_dict("records")):
+        curves = results.curves(record["study"], int(record["trial"]))
+        epochs = range(1, len(curves["train_loss"]) + 1)
+        colour = f"C{i}"
+        axes.plot(epochs, curves["train_loss"], color=colour, label=_label(record, several))
+        axes.plot(epochs, curves["val_loss"], color=colour, linestyle="--")
+    axes.plot([], [], color="grey", label="solid: training loss")
+    axes.plot([], [], color="grey", linestyle="--", label="dashed: validation loss")
+    axes.set(title=f"Loss curves of the top {len(ok)} configurations", xlabel="Epoch", ylabel="Loss")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def metric_vs_lr(results: Results) -> Any:
+    """The validation metric of every completed trial against its learning rate, one series per batch size."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    ok = results.frame[results.frame["outcome"] == "completed"]
+    metric = "val_accuracy" if ok["val_accuracy"].notna().any() else "val_loss"
+    best = max if metric == "val_accuracy" else min
+    for i, (size, group) in enumerate(ok.groupby("batch_size", sort=True)):
+        axes.scatter(group["lr"], group[metric], color=f"C{i}", alpha=0.6, label=f"batch size {size}")
+        line = group.groupby("lr")[metric].agg(best)  # the best trial at each learning rate, joined
+        axes.plot(line.index, line.values, color=f"C{i}", linestyle=":")
+    axes.set_xscale("log")
+    axes.set(title=f"Validation {'accuracy' if metric == 'val_accuracy' else 'loss'} against learning rate\n"
+                   "(dots: every completed trial; line: the best at each learning rate)", xlabel="Learning rate (log scale)",
+             ylabel="Validation accuracy" if metric == "val_accuracy" else "Validation loss")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    return figure
+
+
+def importance_chart(importances: list[Importance]) -> Any:
+    """Horizontal bars of each study's importances (studies with none are left out)."""
+    plt = _pyplot()
+    shown = [imp for imp in importances if imp.shares]
+    params = [p for p in PARAMS if any(p in imp.shares for imp in shown)]  # those that varied somewhere
+    figure, axes = plt.subplots(figsize=(9, 1.2 + 0.5 * len(params) * max(1, len(shown))))
+    height = 0.8 / max(1, len(shown))
+    for i, imp in enumerate(shown):
+        values = [imp.shares.get(p, 0.0) for p in params]
+        bars = axes.barh([k + i * height for k in range(len(params))], values, height=height, color=f"C{i}",
+                         label=f"study {imp.study}")
+        axes.bar_label(bars, [f"{v:.0%}" if p in imp.shares else "not varied" for p, v in zip(params, values)],
+                       padding=3)
+    axes.set_yticks([k + height * (len(shown) - 1) / 2 for k in range(len(params))], [LABELS[p] for p in params])
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    axes.set(title="Parameter importance (fANOVA: share of the objective's variance)", xlabel="Share")
+    axes.grid(alpha=0.3, axis="x")
+    if len(shown) > 1:
+        axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def figures(results: Results, importances: list[Importance]) -> dict[str, Any]:
+    """The report's figures by file name; the importance chart only where some study has importances."""
+    out = {}
+    if (results.frame["outcome"] == "completed").any():
+        out["loss_curves.png"] = loss_curves(results)
+        out["metric_vs_lr.png"] = metric_vs_lr(results)
+    if any(imp.shares for imp in importances):
+        out["importance.png"] = importance_chart(importances)
+    return out
+
+
+def png(figure: Any) -> bytes:
+    """A figure as PNG bytes; the figure is closed (pyplot keeps every open figure alive)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def write_plots(results: Results, importances: list[Importance], folder: Path) -> list[Path]:
+    """Write the report's PNG files into ``folder`` (created); returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, figure in figures(results, importances).items():
+        path = folder / name
+        path.write_bytes(png(figure))
+        paths.append(path)
+    return paths

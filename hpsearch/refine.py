@@ -1,0 +1,302 @@
+"""Refine: the next, finer search around the best configurations of earlier studies.
+
+The rule, per parameter and per best value of the top K completed trials, on the parameter's
+natural scale (log for learning rate and weight decay, powers of two for batch size, log of
+``1 - m`` for momentum):
+
+* the refined step is half the coarse step: on the log scale, half the smallest gap between
+  neighbouring values the grid sources searched (for 1e-1, 1e-2, 1e-3: a factor sqrt(10) = 3.16);
+  a decade when only random / TPE sources searched the parameter (their draws have no spacing);
+  one power of two for batch size;
+* the neighbourhood is the best value and one refined step either side:
+  lr 1e-2 -> 3.16e-3, 1e-2, 3.16e-2; batch size 64 -> 32, 64, 128;
+* when the best value is the highest (lowest) value searched so far by all the sources, the
+  neighbourhood reaches one refined step further upward (downward), a whole coarse step beyond the
+  old edge: lr 1e-1 at the top -> 3.16e-2, 1e-1, 3.16e-1, 1;
+* weight decay 0 stays a candidate when it is among the best; it has no log scale, so its
+  neighbour is the first refined step below the smallest nonzero weight decay searched
+  (0 beside 1e-5 searched -> 0, 3.16e-6); momentum never goes below 0;
+* a parameter the sources searched at one value only stays at that value: refine narrows and
+  widens what was searched, it does not open a new axis.
+
+The default sampler is a grid of the union of the top trials' neighbourhoods (each one a product
+over the parameters), without duplicates; random and TPE sample inside the envelope (lowest to
+highest refined value of each parameter). Values are rounded to 3 significant digits (momentum:
+1 - m), so neighbourhoods that meet share their points. Reads studies through ``hpsearch.results``;
+no torch.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from hpsearch.errors import BadInput
+from hpsearch.results import PARAMS, Results, edge_flags, read_results, searched_ranges
+from hpsearch.search import SETTINGS_ATTR
+from hpsearch.spec import (SCALES, Dimension, Range, SearchSpace, StudySpec, build_spec, fmt, make_config, tidy)
+
+DEFAULT_TOP = 3
+SAMPLERS = ("grid", "random", "tpe")
+# Refined studies train longer than their sources: the recipe says 10-20 epochs, without decay.
+EPOCHS_FACTOR = 3
+MIN_EPOCHS, MAX_EPOCHS = 10, 20
+# The coarse step assumed where the sources give none (only random / TPE draws): a decade.
+DEFAULT_COARSE_STEP = math.log(10.0)
+RULE = ("per parameter, the best value and one refined step (half the coarse step on its natural scale; one power "
+        "of two for batch size) either side, one step further outward when the best lies on an edge of the range "
+        "searched, weight decay 0 kept beside one step below its smallest nonzero value, a parameter searched at "
+        "one value kept; the grid is the union of the top trials' neighbourhoods")
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """The refined values around one best value of one parameter, and why they are these."""
+
+    name: str
+    best: float
+    values: tuple[float, ...]
+    why: str
+    trials: tuple[str, ...]  # the top trials ("study#number") whose value this is
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """A refined study ready to run: its spec (points or ranges, source) and the reasons behind it."""
+
+    spec: StudySpec
+    top: tuple[dict[str, object], ...]  # the source trials: study, trial, params
+    neighbourhoods: dict[str, tuple[Neighbourhood, ...]]
+    step: dict[str, float]  # the refined step per parameter, as a factor on its scale (batch size: 2)
+    source_epochs: int
+
+    def describe(self) -> list[str]:
+        """The refined space, parameter by parameter, and the configurations it holds (``refine --show``)."""
+        spec = self.spec
+        trials = ", ".join(f"{t['study']}#{t['trial']}" for t in self.top)
+        lines = [f"Study {spec.study}: refined from {', '.join(spec.source['studies'])} "  # type: ignore[index]
+                 f"(top {len(self.top)}: {trials}); {spec.epochs} epochs (sources: {self.source_epochs}), "
+                 f"seed {spec.seed}, sampler {spec.command}"]
+        for name in PARAMS:
+            fixed = all(len(hood.values) == 1 for hood in self.neighbourhoods[name])
+            lines.append(f"{name} ({'searched at one value' if fixed else _scale_note(name, self.step[name])}):")
+            for hood in self.neighbourhoods[name]:
+                lines.append(f"  {hood.why}  [{', '.join(hood.trials)}]")
+        if spec.points is None:
+            lines.append(f"{spec.trials} trials sampled by {spec.command} inside: "
+                         + "; ".join(f"{d.name} {d.text()}" for d in spec.space.dimensions()))
+            return lines
+        lines.append(f"{len(spec.points)} configurations (the union of the neighbourhoods):")
+        lines += ["  " + "  ".join(f"{name}={fmt(p[name])}" for name in PARAMS) for p in spec.points]
+        return lines
+
+
+def _scale_note(name: str, step: float) -> str:
+    if name == "batch_size":
+        return "powers of two"
+    axis = "on 1 - momentum, " if name == "momentum" else ""
+    return f"{axis}log scale, refined step x{step:.3g}"
+
+
+def round_value(name: str, value: float) -> float:
+    """3 significant digits on the parameter's scale (momentum: of 1 - m): readable, and equal where neighbourhoods meet."""
+    if name == "batch_size":
+        return float(int(value))
+    if name == "momentum":
+        return tidy(1.0 - float(f"{1.0 - value:.3g}"))
+    return float(f"{value:.3g}")
+
+
+def half_step(name: str, searched: Sequence[float]) -> float:
+    """The refined step on the parameter's scale: half the smallest gap between neighbouring searched values.
+
+    ``searched``: the values the grid sources tried (weight decay's 0 has no place on a log scale and is
+    left out). Fewer than two values: half a decade. Batch size: one power of two.
+    """
+    if name == "batch_size":
+        return 1.0
+    points = sorted({SCALES[name].forward(v) for v in searched if name == "momentum" or v > 0})
+    gaps = [b - a for a, b in zip(points, points[1:]) if b - a > 1e-9]
+    return (min(gaps) if gaps else DEFAULT_COARSE_STEP) / 2
+
+
+def neighbourhood(name: str, best: float, step: float, edge: str | None = None,
+                  lowest_nonzero: float | None = None) -> tuple[float, ...]:
+    """The refined values around ``best`` (see the module's rule), sorted.
+
+    ``step``: the refined step on the parameter's scale (``half_step``); ``edge``: "high" or "low" when
+    ``best`` is on that edge of the range searched so far; ``lowest_nonzero``: the smallest nonzero weight
+    decay searched (the neighbour of weight decay 0).
+    """
+    if name == "weight_decay" and best == 0:
+        below = [] if lowest_nonzero is None else [lowest_nonzero / math.exp(step)]
+        return tuple(sorted({0.0, *(round_value(name, v) for v in below)}))
+    scale = SCALES[name]
+    offsets = [-step, 0.0, step]
+    if edge is not None:
+        upward = 1.0 if edge == "high" else -1.0
+        offsets.append(2 * step * (-upward if name == "momentum" else upward))  # high momentum = low 1 - m
+    u = scale.forward(best)
+    values = {round_value(name, scale.inverse(u + offset)) for offset in offsets}
+    if name == "momentum":
+        values = {max(v, 0.0) for v in values}
+    return tuple(sorted(v for v in values if name != "batch_size" or v >= 1))
+
+
+def _why(name: str, best: float, values: tuple[float, ...], edge: str | None, lowest_nonzero: float | None) -> str:
+    shown = ", ".join(fmt(v) for v in values)
+    if len(values) == 1:
+        return f"searched at {fmt(best)} only -> kept: {shown}"
+    if name == "weight_decay" and best == 0:
+        if lowest_nonzero is None:
+            return f"best 0, no nonzero value searched -> kept: {shown}"
+        return f"best 0 -> kept, beside one refined step below the smallest nonzero value searched ({fmt(lowest_nonzero)}): {shown}"
+    if edge == "high":
+        return f"best {fmt(best)} is the highest value searched -> widened upward: {shown}"
+    if edge == "low":
+        return f"best {fmt(best)} is the lowest value searched -> widened downward: {shown}"
+    return f"best {fmt(best)} -> {shown}"
+
+
+def _settings(results: Results, names: Sequence[str]) -> dict[str, Mapping[str, object]]:
+    settings = {}
+    for name in names:
+        found = results.settings(name)
+        if not found:
+            raise BadInput(f"study '{name}' was not made by hpsearch (it has no '{SETTINGS_ATTR}' settings); "
+                           "refine reads hpsearch studies")
+        settings[name] = found
+    first = names[0]
+    task = [(s.get("task"), s.get("target"), s.get("kind")) for s in settings.values()]
+    for name, this in zip(names, task):
+        if this != task[0]:
+            raise BadInput(f"study '{name}' is of task {this[0]}, study '{first}' of task {task[0][0]}; "
+                           "refine from studies of one task")
+    return settings
+
+
+def _top(frame: pd.DataFrame, names: Sequence[str], top: int) -> pd.DataFrame:
+    done = frame[frame["outcome"] == "completed"]
+    for name in names:
+        if not (done["study"] == name).any():
+            raise BadInput(f"study '{name}' has no completed trials to refine from; run it first "
+                           f"(hpsearch report {name} shows what happened)")
+    return done.head(top)
+
+
+def _params(row: Mapping[str, object]) -> dict[str, float]:
+    return {"lr": float(row["lr"]), "weight_decay": float(row["weight_decay"]),  # type: ignore[arg-type]
+            "batch_size": int(row["batch_size"]), "momentum": float(row["momentum"])}  # type: ignore[arg-type]
+
+
+def _envelope(values: Mapping[str, Sequence[float]], sampled: bool) -> SearchSpace:
+    """The refined values per parameter as a space: listed for a grid; ranges to sample inside for random / TPE."""
+    dims = {}
+    for name, found in values.items():
+        listed = tuple(sorted(set(found)))
+        continuous = [v for v in listed if name == "momentum" or v > 0] if name != "batch_size" else []
+        if not sampled or len(continuous) < 2:
+            dims[name] = Dimension(name, listed)
+            continue
+        zero = (0.0,) if name == "weight_decay" and 0.0 in listed else ()
+        dims[name] = Dimension(name, zero, Range(min(continuous), max(continuous)))
+    return SearchSpace(**dims)
+
+
+def refine_spec(
+    sources: Sequence[str],
+    *,
+    top: int = DEFAULT_TOP,
+    sampler: str = "grid",
+    trials: int | None = None,
+    epochs: int | None = None,
+    study: str | None = None,
+    seed: int | None = None,
+    prune: str | None = None,
+    storage: str | None = None,
+    device: str = "auto",
+) -> Refinement:
+    """The refined study around the best ``top`` completed trials of ``sources`` (read, never written).
+
+    Task, seed and pruner carry over from the first source unless given; epochs default to 3x the
+    sources' (10 to 20, never fewer than theirs); the study name to ``<first source>-refine``.
+    """
+    names = list(dict.fromkeys(sources))
+    if not names:
+        raise BadInput("name a study to refine from: --from STUDY")
+    if top < 1:
+        raise BadInput(f"--top {top}: refine around at least 1 trial")
+    if sampler not in SAMPLERS:
+        raise BadInput(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}")
+    if sampler == "grid" and trials is not None:
+        raise BadInput("--trials is for --sampler random or tpe; a refined grid trains every configuration it holds")
+    target = study if study is not None else f"{names[0]}-refine"
+    if target in names:
+        raise BadInput(f"--study {target}: refine writes a new study; choose a name other than its sources'")
+    results = read_results(names, storage)
+    settings = _settings(results, names)
+    first = settings[names[0]]
+    best = _top(results.frame, names, top)
+    ranges = searched_ranges(results.frame)
+    grids = results.frame[results.frame["study"].isin([n for n in names if settings[n].get("command") == "grid"])]
+
+    step, hoods, values = {}, {}, {}
+    by_value: dict[tuple[str, float], tuple[float, ...]] = {}
+    for name in PARAMS:
+        half = half_step(name, pd.to_numeric(grids[name], errors="coerce").dropna().tolist())
+        step[name] = 2.0 if name == "batch_size" else math.exp(half)
+        low, high = ranges[name]
+        nonzero = [v for v in pd.to_numeric(results.frame[name], errors="coerce").dropna() if v > 0]
+        lowest_nonzero = min(nonzero) if name == "weight_decay" and nonzero else None
+        found = []
+        for value, rows in best.groupby(best[name].astype(float), sort=True):
+            edge = edge_flags({name: value}, {name: (low, high)}).get(name)
+            around = (value,) if low == high else neighbourhood(name, value, half, edge, lowest_nonzero)
+            by_value[(name, value)] = around
+            label = tuple(f"{r.study}#{r.trial}" for r in rows.itertuples())
+            found.append(Neighbourhood(name, value, around, _why(name, value, around, edge, lowest_nonzero), label))
+        hoods[name] = tuple(found)
+        values[name] = sorted({v for hood in found for v in hood.values})
+
+    points: dict[tuple, dict[str, float]] = {}
+    for row in best.to_dict("records"):
+        params = _params(row)
+        axes = [by_value[(name, float(params[name]))] for name in PARAMS]
+        for combo in itertools.product(*axes):
+            point = dict(zip(PARAMS, combo))
+            point["batch_size"] = int(point["batch_size"])
+            points.setdefault(make_config(point, 0).key(), point)
+    ordered = tuple(sorted(points.values(), key=lambda p: tuple(p[n] for n in ("batch_size", *PARAMS))))
+
+    source_epochs = max(int(s.get("epochs", 1)) for s in settings.values())  # type: ignore[call-overload]
+    if epochs is None:
+        epochs = max(source_epochs, min(MAX_EPOCHS, max(MIN_EPOCHS, EPOCHS_FACTOR * source_epochs)))
+    origin = [{"study": r["study"], "trial": int(r["trial"]), "params": _params(r)} for r in best.to_dict("records")]
+    source = {"studies": names, "trials": origin, "top": top, "rule": RULE}
+    spec = build_spec(sampler, task=str(first["task"]), target=first.get("target"),  # type: ignore[arg-type]
+                      kind=first.get("kind"), epochs=epochs,  # type: ignore[arg-type]
+                      seed=int(first.get("seed", 0)) if seed is None else seed,  # type: ignore[call-overload]
+                      trials=trials, study=target, storage=storage, device=device,
+                      prune=str(first.get("prune", "none")) if prune is None else prune)
+    spec = replace(spec, space=_envelope(values, sampled=sampler != "grid"),
+                   points=ordered if sampler == "grid" else None, source=source)
+    _check_target(spec)
+    return Refinement(spec, tuple(origin), hoods, step, source_epochs)
+
+
+def _check_target(spec: StudySpec) -> None:
+    """A refined study that already exists continues only from the same source trials (else: a new name)."""
+    from hpsearch.storage import open_storage, study_names
+
+    store = open_storage(spec.storage, create=False)
+    if spec.study not in study_names(store.storage):
+        return
+    import optuna
+
+    stored = optuna.load_study(study_name=spec.study, storage=store.storage).user_attrs.get(SETTINGS_ATTR, {})
+    if stored.get("source") != spec.source:
+        what = "refined from other trials" if stored.get("source") else "not made by refine"
+        raise BadInput(f"study '{spec.study}' already exists and was {what}; choose another --study name")

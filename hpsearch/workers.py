@@ -1,0 +1,304 @@
+"""Workers: who runs which trial, whether that worker is still alive, and ``--jobs``.
+
+Optuna records a trial as RUNNING and nothing more: a worker killed with kill -9, by the OOM killer
+or by a power cut leaves its trials RUNNING forever, and the journal store has no heartbeat. So
+every hpsearch process is a worker named ``host:pid:token`` that
+
+* holds an ``fcntl.flock`` on ``<folder>/.workers/<host>-<pid>-<token>.lock`` for its whole life
+  (the OS releases it the moment the process dies, whatever killed it);
+* writes its name and a heartbeat time on each trial it pops (user attributes ``worker`` and
+  ``heartbeat``), refreshes the heartbeat every epoch, and on PostgreSQL also from a thread.
+
+Before it pops trials (at start-up and between populations, under the storage's batch lock) a
+worker *reaps*: a RUNNING trial whose worker is dead is failed with outcome ``died`` and the reason
+``worker host:pid died``, and its configuration is queued again. On the same machine, death is the
+lock file being free (exact); across machines, a heartbeat older than ``GRACE_S`` (so a worker on
+another machine is declared dead only after that long; clocks are assumed to agree to well
+within it).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pickle
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.errors import HpsearchError, Interrupted, RuntimeFailure
+
+if TYPE_CHECKING:
+    from hpsearch.search import ProgressCallback, SearchOutcome
+    from hpsearch.spec import StudySpec
+    from hpsearch.storage import Store
+
+WORKER_ATTR = "worker"  # host:pid:token of the worker that popped the trial
+HEARTBEAT_ATTR = "heartbeat"  # unix time the worker last showed it is alive
+REQUEUED_ATTR = "requeued"  # true on a failed trial whose configuration was queued again
+ATTEMPT_ATTR = "attempt"  # 1 for a configuration's first run, 2 for its first retry, ...
+HEARTBEAT_S = 30.0  # PostgreSQL: how often the heartbeat thread writes
+GRACE_S = 300.0  # a trial whose worker (on another machine) was silent this long is dead
+POLL_S = 0.5  # --jobs: how often the parent reads the study for its progress bar
+
+
+def _host() -> str:
+    return socket.gethostname().replace(":", "_").replace("/", "_")
+
+
+def _lock_path(folder: Path, host: str, pid: int, token: str) -> Path:
+    return folder / ".workers" / f"{host}-{pid}-{token}.lock"
+
+
+def lock_folder(store: Store) -> Path:
+    """Where the workers of a storage keep their lock files: beside the journal, else the temp folder."""
+    path = getattr(store.backend, "path", None)
+    return Path(path).parent if path else Path(tempfile.gettempdir()) / "hpsearch"
+
+
+class Worker:
+    """This process as a worker: its name, and the lock file that proves it alive."""
+
+    def __init__(self, folder: Path) -> None:
+        self.host, self.pid, self.token = _host(), os.getpid(), secrets.token_hex(4)
+        self.name = f"{self.host}:{self.pid}:{self.token}"
+        self.folder = folder
+        path = _lock_path(folder, self.host, self.pid, self.token)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._path = path
+
+    def close(self) -> None:
+        """Leave cleanly: remove the lock file (a killed worker's file is removed by whoever reaps it)."""
+        with contextlib.suppress(OSError):
+            self._path.unlink()
+        os.close(self._fd)
+
+    def mark(self, trial: optuna.Trial) -> None:
+        """Sign a trial just popped: who runs it, and that it is alive now."""
+        trial.set_user_attr(WORKER_ATTR, self.name)
+        trial.set_user_attr(HEARTBEAT_ATTR, round(time.time(), 3))
+
+    def is_alive(self, name: str | None, heartbeat: float | None) -> bool:
+        """Whether the worker ``name`` still runs; see the module's docstring for how that is known."""
+        if not name or name.count(":") != 2:
+            return False  # popped and signed in one locked batch: unsigned means its writer died
+        host, pid, token = name.split(":")
+        if host == self.host:
+            if name == self.name:
+                return True
+            path = _lock_path(self.folder, host, int(pid), token)
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                if not _pid_exists(int(pid)):
+                    return False
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                finally:
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                return False
+        return heartbeat is not None and time.time() - heartbeat < GRACE_S
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def queued_params(trial: FrozenTrial) -> dict[str, object]:
+    """The configuration a trial ran (or was about to run), to queue it again.
+
+    A queued trial's fixed parameters first: a worker killed while popping it may have recorded only some.
+    """
+    return dict(trial.system_attrs.get("fixed_params") or trial.params)
+
+
+def requeue(study: optuna.Study, trial: optuna.Trial | FrozenTrial, attempt: int | None = None) -> None:
+    """Queue a trial's configuration again (not a trial without one: the budget samples afresh)."""
+    frozen = trial if isinstance(trial, FrozenTrial) else study._storage.get_trial(trial._trial_id)
+    params = queued_params(frozen)
+    if params:
+        attempt = attempt if attempt is not None else frozen.user_attrs.get(ATTEMPT_ATTR, 1)
+        study.enqueue_trial(params, user_attrs={ATTEMPT_ATTR: attempt})
+
+
+def fail(study: optuna.Study, trial_id: int, outcome: str, reason: str, requeued: bool) -> None:
+    """Record a trial as failed with its outcome and reason (FAIL: TPE ignores it)."""
+    storage = study._storage
+    storage.set_trial_user_attr(trial_id, "outcome", outcome)
+    storage.set_trial_user_attr(trial_id, "reason", reason)
+    if requeued:
+        storage.set_trial_user_attr(trial_id, REQUEUED_ATTR, True)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def reap(study: optuna.Study, worker: Worker) -> list[int]:
+    """Fail the RUNNING trials of dead workers and queue their configurations again.
+
+    Call it inside the storage's batch lock, so that no live worker is between popping a trial and
+    signing it. Returns the numbers of the trials reaped.
+    """
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        name = trial.user_attrs.get(WORKER_ATTR)
+        if worker.is_alive(name, trial.user_attrs.get(HEARTBEAT_ATTR)):
+            continue
+        who = ":".join(name.split(":")[:2]) if name else "unknown"
+        fail(study, trial._trial_id, "died", f"worker {who} died; queued again", requeued=True)
+        requeue(study, trial)
+        reaped.append(trial.number)
+    return reaped
+
+
+class Heartbeat:
+    """A thread that refreshes the heartbeat of this worker's running trials (PostgreSQL only).
+
+    The journal file is written under one lock by the main thread; its heartbeat is written with
+    each epoch's reports instead.
+    """
+
+    def __init__(self, study: optuna.Study, interval: float = HEARTBEAT_S) -> None:
+        self.study = study
+        self.interval = interval
+        self.trial_ids: set[int] = set()
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="hpsearch-heartbeat", daemon=True)
+        self._thread.start()
+
+    def watch(self, trial_ids: list[int]) -> None:
+        with self._guard:
+            self.trial_ids.update(trial_ids)
+
+    def forget(self, trial_ids: list[int]) -> None:
+        with self._guard:
+            self.trial_ids.difference_update(trial_ids)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._guard:
+                ids = list(self.trial_ids)
+            for trial_id in ids:
+                with contextlib.suppress(Exception):  # a trial told meanwhile, a dropped connection
+                    self.study._storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, round(time.time(), 3))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# --- --jobs N: worker processes on one machine ---
+
+
+def worker_devices(device: str, jobs: int) -> list[str]:
+    """One device per worker: on several visible GPUs, round robin (cuda:0, cuda:1, ...)."""
+    if device not in ("auto", "cuda"):
+        return [device] * jobs
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return [device] * jobs
+    return [f"cuda:{i % count}" for i in range(jobs)]
+
+
+def _counts(store: Store, study_name: str) -> tuple[int, int, int]:
+    """(finished, still to do (waiting or running), failed for good) trials of a study, read afresh."""
+    from hpsearch.search import finished
+
+    trials = optuna.load_study(study_name=study_name, storage=store.storage).get_trials(deepcopy=False)
+    done = sum(finished(t) for t in trials)
+    todo = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+    failed = sum(finished(t) and t.state == TrialState.FAIL for t in trials)
+    return done, todo, failed
+
+
+def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> SearchOutcome:
+    """Run ``spec.jobs`` worker processes on one study; show one progress bar; Ctrl-C / SIGTERM reach all.
+
+    Each worker is ``python -m hpsearch.workers`` in its own session (so a terminal's Ctrl-C reaches
+    the parent only, which passes it on once), given its StudySpec on stdin.
+    """
+    from hpsearch.search import Progress, SearchOutcome, prepare_study
+
+    spec, store, _ = prepare_study(spec)  # settings checked once, before any worker starts
+    already, _, failed_before = _counts(store, spec.study)
+    logs = [tempfile.TemporaryFile() for _ in range(spec.jobs)]
+    procs = []
+    for device, log in zip(worker_devices(spec.device, spec.jobs), logs):
+        proc = subprocess.Popen([sys.executable, "-m", "hpsearch.workers"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        assert proc.stdin is not None
+        proc.stdin.write(pickle.dumps(replace(spec, jobs=1, device=device)))
+        proc.stdin.close()
+        procs.append(proc)
+    stopped: list[int] = []
+
+    def stop(signum: int, _frame: object = None) -> None:
+        stopped.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(p.poll() is None for p in procs):
+            if progress is not None:
+                done, todo, _ = _counts(store, spec.study)
+                total = max(done + todo, spec.trials or 0)
+                progress(Progress(done, total, None))
+            time.sleep(POLL_S)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    done, _, failed = _counts(store, spec.study)
+    if stopped:
+        raise Interrupted.by(stopped[0], f"{spec.jobs} workers stopped; running trials recorded as interrupted "
+                                         f"and queued again; re-run the same command to finish study '{spec.study}'")
+    for proc, log in zip(procs, logs):
+        if proc.returncode not in (0, None):
+            log.seek(0)
+            lines = log.read().decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
+            error = RuntimeFailure(f"a worker failed: {lines[-1].removeprefix('Error: ')}")
+            error.exit_code = proc.returncode if proc.returncode in (1, 2) else 1
+            raise error
+    return SearchOutcome(spec.study, store.shown, done - already, already, failed - failed_before)
+
+
+def _worker_main() -> int:
+    """A --jobs worker: run the StudySpec read from stdin; errors are one line on stderr."""
+    from hpsearch.search import run_search
+
+    spec = pickle.loads(sys.stdin.buffer.read())
+    try:
+        run_search(spec)
+    except HpsearchError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

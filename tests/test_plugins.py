@@ -1,0 +1,133 @@
+"""Plug-in tasks (--task FILE.py:NAME, package.module:NAME): loading, carving, and one-line errors."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from click.testing import CliRunner
+
+from hpsearch.cli import main
+from hpsearch.errors import BadInput
+from hpsearch.tasks import load_task
+
+HEADER = '''
+import torch
+from torch import nn
+from hpsearch import Task
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(100, 5, generator=g)
+y = (x[:, 0] > 0).long()
+model = lambda: nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+'''
+GOOD = HEADER + '''
+def make():
+    return Task("toy", model, (x[:60], y[:60]), (x[60:80], y[60:80]), (x[80:], y[80:]), 2)
+
+def train_only():
+    return Task("toy", model, (x, y), None, None, 2)
+'''
+TINY = ["--lr", "0.1", "--weight-decay", "0", "--batch-size", "16,32", "--epochs", "1"]
+
+
+def write(folder, text: str, name: str = "task.py") -> str:
+    path = folder / name
+    path.write_text(text)
+    return str(path)
+
+
+def grid(*args: str):
+    return CliRunner().invoke(main, ["grid", *args, *TINY])
+
+
+def test_a_task_file_runs_through_grid_with_its_function_name_as_study(workdir):
+    result = grid("--task", write(workdir, GOOD) + ":make")
+    assert result.exit_code == 0, result.output
+    assert "Trained 2 trials" in result.stdout and "make-grid" in result.stdout
+
+
+def test_a_module_task_is_found_from_the_current_folder(workdir):
+    (workdir / "mytasks").mkdir()
+    (workdir / "mytasks" / "__init__.py").write_text("")
+    write(workdir / "mytasks", GOOD, "toy_plugin_module.py")
+    result = grid("--task", "mytasks.toy_plugin_module:make", "--study", "m")
+    assert result.exit_code == 0, result.output
+    assert "Trained 2 trials" in result.stdout
+
+
+def test_missing_splits_are_carved_stratified_and_said_once(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="hpsearch")
+    ref = write(tmp_path, GOOD) + ":train_only"
+    task = load_task(ref)
+    load_task(ref)
+    assert [len(s[0]) for s in (task.train, task.val, task.test)] == [60, 20, 20]
+    for x, y in (task.val, task.test):
+        assert 8 <= int(y.sum()) <= 12  # about half of each class, as in the 100 examples
+    notes = [r.getMessage() for r in caplog.records if "carved" in r.getMessage()]
+    assert len(notes) == 1 and "no validation and test splits" in notes[0] and "stratified 20% each, seed 0" in notes[0]
+
+
+BROKEN = {
+    "file missing": (None, "task file {folder}/nowhere.py not found"),
+    "function missing": (GOOD.replace("def make", "def other"), "has no function 'make' (it defines: model, other, train_only)"),
+    "wrong return type": (HEADER + "def make():\n    return (model, x, y)\n", "returned tuple, not an hpsearch.Task"),
+    "lengths differ": (HEADER + "def make():\n    return Task('t', model, (x, y[:90]), None, None, 2)\n",
+                       "train has 100 inputs but 90 targets"),
+    "labels out of range": (HEADER + "def make():\n    return Task('t', model, (x, y + 1), None, None, 2)\n",
+                            "train labels must be in [0, 2) for 2 classes; found 2"),
+    "NaN inputs": (HEADER + "def make():\n    x[3, 1] = float('nan')\n    return Task('t', model, (x, y), None, None, 2)\n",
+                   "train inputs contain NaN or infinite values"),
+    "output size": (HEADER + "def make():\n    return Task('t', model, (x, y), None, None, 3)\n",
+                    "the model's output for 2 inputs is (2, 2), but the task has 3 classes: it must be (2, 3)"),
+    "import error": ("import not_a_module_anywhere\n", "cannot import task file"),
+    "raises": (HEADER + "def make():\n    raise OSError('data.bin is missing')\n",
+               "raised OSError: data.bin is missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_bad_plugin_is_one_line_and_exit_2(workdir, case):
+    text, message = BROKEN[case]
+    ref = (str(workdir / "nowhere.py") if text is None else write(workdir, text, f"{case.replace(' ', '_')}.py")) + ":make"
+    result = grid("--task", ref)
+    assert result.exit_code == 2, result.output
+    assert message.format(folder=workdir) in result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.strip().count("\n") == 0
+    assert not (workdir / "studies").exists()  # nothing written for a task that cannot load
+
+
+def test_a_missing_module_and_a_bad_reference_are_bad_input(workdir):
+    result = grid("--task", "no_such_package.tasks:make")
+    assert result.exit_code == 2 and "no module named 'no_such_package.tasks'" in result.stderr
+    with pytest.raises(BadInput, match="unknown task 'task.py'"):
+        load_task("task.py")
+
+
+def test_the_readme_commands_for_your_own_model_run(workdir):
+    """The README's "Tune your own model" section, as written (1 epoch to stay fast), in an empty folder."""
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    section = (root / "README.md").read_text().split("## Tune your own model")[1].split("\n## ")[0]
+    (workdir / "examples").mkdir()
+    shutil.copy(root / "examples" / "my_task.py", workdir / "examples")
+    blocks = section.split("```")[1::2]
+    exec(next(b for b in blocks if b.startswith("python") and "np.savez" in b).removeprefix("python"), {})
+    commands = [line.split("#")[0] for b in blocks if b.startswith("sh") for line in b.splitlines()[1:]]
+    assert len(commands) == 7
+    for command in commands:
+        args = shlex.split(command)[1:]
+        if args[0] != "report":
+            args += ["--epochs", "1"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, f"{command}: {result.output}"
+        assert "Best: val" in result.stdout
+
+
+def test_a_task_file_may_import_its_neighbours(tmp_path):
+    (tmp_path / "toy_neighbour_model.py").write_text(HEADER)
+    ref = write(tmp_path, "from toy_neighbour_model import Task, model, x, y\n\ndef make():\n"
+                          "    return Task('n', model, (x, y), None, None, 2)\n") + ":make"
+    assert load_task(ref).num_classes == 2

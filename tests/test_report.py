@@ -1,0 +1,227 @@
+"""The report: diagnosis of the curves, edge flags, distance to the best, and every output format
+(markdown, json, html, PNG plots) through the real CLI on tiny digits studies."""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from hpsearch.cli import main
+from hpsearch.plots import importance
+from hpsearch.results import diagnose, edge_flags, phase, rank, searched_ranges
+from hpsearch.storage import load_study, open_storage
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- the diagnosis, one hand-made curve per rule ---
+
+@pytest.mark.parametrize("outcome, train, val, expected", [
+    ("completed", [2.3, 2.3, 2.3], [2.3, 2.3, 2.3], "not learning"),            # dead ReLUs: flat at ln(10)
+    ("completed", [2.31, 2.30, 2.295], [2.3, 2.3, 2.29], "not learning"),       # lr far too low: < 1% fall
+    ("completed", [1.0, 0.4, 0.2, 0.1, 0.05], [0.5, 0.3, 0.35, 0.4, 0.45], "overfitting"),
+    ("completed", [2.30, 2.26, 2.23, 2.20, 2.17], [2.3, 2.27, 2.24, 2.21, 2.18], "underfitting"),
+    ("completed", [1.0, 0.3, 0.2, 0.19, 0.188], [0.4, 0.3, 0.28, 0.27, 0.27], "healthy"),
+    # a single bump in the last epoch is noise, not overfitting; a flattened training loss is not underfitting
+    ("completed", [1.0, 0.3, 0.2, 0.15, 0.149], [0.4, 0.3, 0.2, 0.15, 0.2], "healthy"),
+    # near zero the training loss still falls by a large ratio, but by little of its whole fall
+    ("completed", [0.5, 0.1, 0.05, 0.03, 0.02], [0.3, 0.2, 0.19, 0.19, 0.18], "healthy"),
+    ("completed", [1.0], [0.9], "too short"),
+])
+def test_diagnosis_of_completed_curves(outcome, train, val, expected):
+    assert diagnose(outcome, train, val) == expected
+
+
+def test_diagnosis_of_trials_that_did_not_finish():
+    assert diagnose("diverged", [2.3], [], stopped_epoch=2) == "diverged at epoch 2"
+    assert diagnose("pruned", [2.3, 2.0], [2.2, 2.1], stopped_epoch=2) == "pruned at epoch 2"
+    assert diagnose("failed", [], [], reason="CUDA out of memory") == "failed: CUDA out of memory"
+    assert diagnose("interrupted", [], []) == "interrupted"
+
+
+# --- edges, distance to the best, phase ---
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    base = {"study": "s", "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9, "epochs": 2, "val_loss": 0.5,
+            "train_loss": 0.4, "outcome": "completed", "stopped_epoch": None, "seconds": 0.1, "reason": "",
+            "phase": "grid", "diagnosis": "healthy"}
+    return pd.DataFrame([{**base, "trial": i, **row} for i, row in enumerate(rows)])
+
+
+def test_searched_ranges_count_every_value_tried_and_edges_skip_fixed_and_zero():
+    frame = _frame([{"lr": 0.1, "weight_decay": 0.0, "val_accuracy": 0.9},
+                    {"lr": 0.01, "weight_decay": 1e-4, "val_accuracy": 0.8},
+                    {"lr": 3.0, "weight_decay": 1e-5, "val_accuracy": None, "outcome": "diverged"}])
+    ranges = searched_ranges(frame)
+    assert ranges["lr"] == (0.01, 3.0)  # the diverged learning rate was searched too
+    assert ranges["momentum"] == (0.9, 0.9)
+    assert edge_flags({"lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}, ranges) == {}
+    assert edge_flags({"lr": 3.0, "weight_decay": 1e-4}, ranges) == {"lr": "high", "weight_decay": "high"}
+    assert edge_flags({"lr": 0.01, "weight_decay": 1e-5}, ranges) == {"lr": "low"}
+
+
+def test_rank_adds_the_distance_to_the_best_and_the_best_rows_edges():
+    frame = _frame([{"lr": 0.01, "val_accuracy": 0.8}, {"lr": 0.1, "val_accuracy": 0.9},
+                    {"lr": 3.0, "val_accuracy": None, "val_loss": None, "outcome": "diverged"}])
+    ranked = rank(frame)
+    assert ranked["delta"].tolist()[:2] == [0.0, pytest.approx(-0.1)] and pd.isna(ranked["delta"].iloc[2])
+    assert ranked["edges"].tolist() == ["", "", ""]  # the best lr 0.1 lies inside 0.01..3
+    regression = rank(_frame([{"lr": 0.01, "val_accuracy": None, "val_loss": 0.7},
+                              {"lr": 0.1, "val_accuracy": None, "val_loss": 0.2}]))
+    assert regression["delta"].tolist() == [0.0, pytest.approx(0.5)]  # the loss above the lowest
+    assert regression["edges"].iloc[0] == "lr high"
+
+
+def test_phase_is_refine_when_the_study_came_from_others():
+    assert phase({"command": "grid"}) == "grid"
+    assert phase({"command": "grid", "source": {"studies": ["coarse"], "trials": [1], "top": 3}}) == "refine"
+
+
+def test_importance_says_so_in_a_sentence_when_it_cannot_be_told():
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)}
+    study = optuna.create_study(study_name="one", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions=distributions, value=0.5))
+    assert importance(study).shares == {} and "too few" in importance(study).sentence
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions=distributions, value=0.5))
+    assert importance(study).shares == {} and "scored the same" in importance(study).sentence
+
+
+# --- the formats, through the CLI, on two tiny real studies ---
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory) -> str:
+    """A coarse study (2 learning rates, 2 epochs) and a later one, marked as refined from it."""
+    path = str(tmp_path_factory.mktemp("report") / "studies.journal")
+    for study, lrs, epochs in (("coarse", "1e-1,1e-2", "2"), ("fine", "5e-2,2e-1", "3")):
+        result = run("grid", "--study", study, "--lr", lrs, "--weight-decay", "0", "--batch-size", "32",
+                     "--epochs", epochs, "--storage", path)
+        assert result.exit_code == 0, result.output
+    store = open_storage(path, create=False)
+    fine = load_study(store.storage, store.shown, "fine")
+    fine.set_user_attr("hpsearch", {**fine.user_attrs["hpsearch"],
+                                    "source": {"studies": ["coarse"], "trials": [0], "top": 1, "rule": "test"}})
+    fine.set_user_attr("test_result", {"config": {"lr": 0.05, "weight_decay": 0.0, "batch_size": 32,
+                                                  "momentum": 0.9}, "trial": 0, "test_loss": 0.2,
+                                       "test_accuracy": 0.95, "epochs": 3, "when": "2026-01-01T00:00:00"})
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _csv_rows(journal: str, *studies: str) -> list[dict]:
+    result = run("report", *studies, "--format", "csv", "--storage", journal)
+    assert result.exit_code == 0, result.output
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def test_csv_keeps_its_columns_and_adds_the_new_ones_last(journal):
+    rows = _csv_rows(journal, "coarse")
+    columns = list(rows[0])
+    assert columns[:4] == ["rank", "study", "trial", "lr"]
+    assert columns[-4:] == ["phase", "delta", "diagnosis", "edges"]
+    assert float(rows[0]["delta"]) == 0.0 and float(rows[1]["delta"]) <= 0.0
+    assert rows[0]["edges"].startswith("lr ")  # two learning rates: the best is on one edge or the other
+
+
+def test_table_of_two_studies_shows_phase_delta_diagnosis_and_test(journal):
+    result = run("report", "coarse", "fine", "--storage", journal)
+    assert result.exit_code == 0, result.output
+    header = " ".join(result.stdout.splitlines()[1:4]).split()
+    for word in ("study", "phase", "vs", "best", "diagnosis"):
+        assert word in header, word
+    assert "refine" in result.stdout and " grid " in result.stdout
+    assert "Test (study fine, trial 0" in result.stdout and "test accuracy 0.9500" in result.stdout
+
+
+def test_markdown_is_a_pipe_table_with_the_best_line(journal):
+    result = run("report", "coarse", "--format", "markdown", "--storage", journal)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| # | trial | lr |") and "diagnosis" in lines[0]
+    assert re.fullmatch(r"\|(-{3}:|:-{3})(\|(-{3}:|:-{3}))+\|", lines[1])
+    best = _csv_rows(journal, "coarse")[0]
+    assert lines[2].startswith(f"| 1 | {best['trial']} | {float(best['lr']):.3g} |")
+    assert len([line for line in lines if line.startswith("| ")]) == 3  # header + 2 trials
+    assert any(line.startswith("- Best: val acc") for line in lines)
+    # two learning rates searched: the best sits on one edge, and the note says which way to widen
+    side = "largest" if float(best["lr"]) == 0.1 else "smallest"
+    assert f"- best lr {float(best['lr']):.3g} is the {side} value searched: widen" in result.stdout
+
+
+def test_json_has_every_trial_with_its_curves_and_the_study_settings(journal):
+    result = run("report", "coarse", "fine", "--format", "json", "--storage", journal)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert [s["study"] for s in document["studies"]] == ["coarse", "fine"]
+    assert document["studies"][0]["settings"]["epochs"] == 2 and document["studies"][0]["test_result"] is None
+    assert document["studies"][1]["phase"] == "refine" and document["studies"][1]["test_result"]["trial"] == 0
+    assert len(document["trials"]) == 4
+    for trial in document["trials"]:
+        assert len(trial["curves"]["train_loss"]) == len(trial["curves"]["val_accuracy"]) == trial["epochs"]
+        assert trial["curves"]["val_accuracy"][-1] == trial["val_accuracy"]  # full precision
+        assert trial["state"] == "COMPLETE" and "seed" in trial["attrs"] and trial["diagnosis"]
+
+
+def test_html_is_one_self_contained_file_with_the_plots(journal, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("report", "coarse", "fine", "--format", "html", "--storage", journal)
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "coarse+fine.html").read_text()  # the default name, said on stderr
+    assert "coarse+fine.html" in result.stderr
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert all(base64.b64decode(s.split(",", 1)[1]).startswith(PNG_MAGIC) for s in sources)
+    assert len(sources) == 3  # loss curves, metric against learning rate, importances
+    for text in ("Ranked trials", "diagnosis", "mattered most", "How to read the diagnosis", "refine"):
+        assert text in page, text
+
+
+def test_plots_dir_gets_valid_pngs_and_the_importance_sentence(journal, tmp_path):
+    result = run("report", "coarse", "--plots", str(tmp_path / "plots"), "--storage", journal)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == ["importance.png", "loss_curves.png", "metric_vs_lr.png"]
+    assert all((tmp_path / "plots" / n).read_bytes().startswith(PNG_MAGIC) for n in names)
+    assert "Wrote plots to" in result.stderr and "learning rate mattered most (100%" in result.stderr
+
+
+def test_report_formats_and_plots_do_not_import_torch(journal, tmp_path):
+    code = ("import sys; from hpsearch.cli import main\n"
+            f"try: main(['report', 'coarse', '--format', 'html', '--output', 'r.html', '--plots', 'p',"
+            f" '--storage', {journal!r}])\n"
+            "except SystemExit as e: assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules, 'report imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=tmp_path)
+    assert (tmp_path / "r.html").exists() and (tmp_path / "p" / "loss_curves.png").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed "
+                    "(apt-get install chromium) to check that the HTML report opens in a browser")
+def test_html_report_opens_in_headless_chromium(journal, tmp_path):
+    page = tmp_path / "report.html"
+    assert run("report", "coarse", "--format", "html", "--output", str(page), "--storage", journal).exit_code == 0
+    shot = tmp_path / "shot.png"
+    browser = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10_000
+    console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console  # no JavaScript error or console message from the page
