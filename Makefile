@@ -1,4 +1,4 @@
-# hpsearch: `make demo` runs the recipe's coarse grid on digits; `make test` runs the tests.
+# hpsearch: `make demo` runs the whole recipe on digits (coarse grid, refine, test, report); `make test` runs the tests.
 # Both install into a local virtual environment first (.venv), on a machine that has never seen the project.
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,10 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
+# The demo keeps its studies in out/demo.journal and starts afresh each time: its test set is used once per run.
+DEMO := --storage out/demo.journal
 demo: install
-	$(BIN)/hpsearch grid --task digits --study demo-coarse
+	rm -f out/demo.journal out/demo.journal.*
 	mkdir -p out
-	$(BIN)/hpsearch report demo-coarse --format csv --output out/demo-coarse.csv
+	$(BIN)/hpsearch grid --task digits --study demo-coarse $(DEMO)
+	$(BIN)/hpsearch refine --from demo-coarse --study demo-fine $(DEMO)
+	$(BIN)/hpsearch test --study demo-fine $(DEMO)
+	$(BIN)/hpsearch report demo-coarse demo-fine --top 10 $(DEMO)
+	$(BIN)/hpsearch report demo-coarse demo-fine --format html --output out/report.html --plots out/plots $(DEMO)
 
 test: install
 	$(BIN)/python -m pytest

@@ -65,9 +65,11 @@ def main() -> None:
     \b
     The recipe, on the built-in digits task:
       hpsearch grid --task digits --study coarse     # the coarse grid every course recommends
-      hpsearch random --trials 20                    # random search over wide ranges
-      hpsearch tpe --trials 20                       # TPE (Bayesian) search
-      hpsearch report coarse --format csv --output coarse.csv
+      hpsearch refine --from coarse --study fine     # finer around the best, trained longer
+      hpsearch report coarse fine --format html --output report.html
+      hpsearch test --study fine                     # the chosen configuration, once on the test split
+      hpsearch random --trials 20                    # or: random search over wide ranges
+      hpsearch tpe --trials 20                       # or: TPE (Bayesian) search
 
     Studies live in studies/hpsearch.journal (or --storage / $HPSEARCH_STORAGE); re-running a
     command continues its study.
@@ -80,8 +82,11 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) 
         return
     from hpsearch.studyfile import read_study_file
 
-    options = {p.name for p in ctx.command.params if p.name not in ("config", "dry_run")}
-    ctx.default_map = {**(ctx.default_map or {}), **read_study_file(value, ctx.command.name, options)}
+    # file keys are the flags' names with underscores: --weight-decay is weight_decay, --from is from
+    names = {p.opts[0].lstrip("-").replace("-", "_"): p.name for p in ctx.command.params
+             if isinstance(p, click.Option) and p.name not in ("config", "dry_run", "show")}
+    values = read_study_file(value, ctx.command.name, set(names))
+    ctx.default_map = {**(ctx.default_map or {}), **{names[key]: v for key, v in values.items()}}
 
 
 TASK_OPTIONS = [  # what to tune: shared by the searches and `check`
@@ -207,7 +212,7 @@ def _dry_run(spec: Any, listed: bool = False) -> None:  # noqa: ANN401 - a spec.
 
     plan, estimate = estimate_search(spec)
     console = _console()
-    console.print(f"Dry run of hpsearch {spec.command}: study {spec.study}, task {spec.task}, "
+    console.print(f"Dry run of hpsearch {'refine' if spec.source else spec.command}: study {spec.study}, task {spec.task}, "
                   f"{spec.epochs} epochs, seed {spec.seed}" + (f", for one of {spec.jobs} workers" if spec.jobs > 1 else ""))
     if plan.points and not listed:
         console.print(plan_table(plan.points))
@@ -234,6 +239,8 @@ def grid(**flags: Any) -> None:
       hpsearch grid --task digits --study coarse
       hpsearch grid --task examples/my_task.py:spirals    # your own model (README: Tune your own model)
       hpsearch grid --data mydata.npz                     # your own data, a default MLP
+      hpsearch grid --config studies/digits-coarse.toml   # a study file (flags override it)
+      hpsearch grid --dry-run                             # the 24 points and the estimated time
     Re-running the same command trains only the points still missing.
     """
     _run("grid", **flags)
@@ -251,6 +258,7 @@ def random(**flags: Any) -> None:
     \b
     Example:
       hpsearch random --task digits --trials 20 --study r
+      hpsearch random --trials 200 --dry-run     # the budget and the estimated time, nothing trained
     """
     _run("random", **flags)
 
@@ -266,6 +274,7 @@ def tpe(**flags: Any) -> None:
     \b
     Example:
       hpsearch tpe --task digits --trials 20 --study t --lr 1e-4:1
+      hpsearch tpe --config studies/t.toml --trials 40      # a study file, its budget raised
     """
     _run("tpe", **flags)
 
@@ -287,6 +296,7 @@ def tpe(**flags: Any) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
 @click.option("--show", is_flag=True, help="Print the refined space and its configurations; train nothing.")
 @DRY_RUN_OPTION
+@CONFIG_OPTION
 def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) -> None:
     """Search again, finer and longer, around the best trials of earlier studies.
 
@@ -302,6 +312,7 @@ def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) 
       hpsearch grid --study coarse
       hpsearch refine --from coarse --show          # what would run, and why
       hpsearch refine --from coarse --dry-run       # the same, and the estimated time
+      hpsearch refine --config studies/fine.toml    # from a study file (report --format toml writes one)
       hpsearch refine --from coarse --study fine
       hpsearch refine --from coarse --sampler tpe --trials 30 --study fine-tpe
     """
@@ -442,7 +453,7 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
         from rich.console import Console
 
         console = _console() if output is None else Console(record=True, width=200, file=io.StringIO())
-        console.print(table(frame, title=f"Study {', '.join(studies)}: best first", width=console.width))
+        console.print(table(results.frame, top, title=f"Study {', '.join(studies)}: best first", width=console.width))
         for line in failure_lines(frame):
             console.print(line, style="red")
         console.print(best_line(frame))

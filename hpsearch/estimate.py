@@ -11,6 +11,7 @@ storage's cost per trial. ``hpsearch --dry-run`` prints it; the progress bar sta
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -24,10 +25,11 @@ if TYPE_CHECKING:
     from hpsearch.tasks import Task
 
 PROBE_STEPS = 5  # steps per measured epoch: enough to average, cheap even at 500 ms a step
-PROBE_EPOCHS = 3  # the fastest counts: the first pays one-off allocations, others a busy machine's spikes
-# Storage writes per trial (ask, per-epoch reports, attributes, tell) and per population, measured
-# here with the journal file on 2 busy cores (hpsearch grid, 24 points: about 12 ms a trial).
-TRIAL_OVERHEAD_S = 0.012
+PROBE_EPOCHS = 3  # the median counts: the first pays one-off allocations, any of them a busy machine's spike
+WHOLE_EPOCH_S = 2.0  # an epoch estimated below this is measured whole (a slice would scale its fixed costs)
+# Storage writes per trial (ask, per-epoch reports, attributes, tell): about 4 ms a trial with the
+# journal file, measured here (cProfile of the default grid: run_search less training and start-up).
+TRIAL_OVERHEAD_S = 0.005
 SLOW_STEP_MS = 500.0  # the recipe: an iteration over ~500 ms makes a search hard to afford
 
 
@@ -65,7 +67,7 @@ def plan_search(spec: StudySpec) -> Plan:
     """
     finished = _finished_points(spec)
     if spec.command == "grid":
-        points = [p for p in spec.grid_points() if make_config(p, 0).key() not in finished]
+        points = [p for p in spec.grid_points() if make_config(p, 0).key() not in set(finished)]
         populations = []
         for start in range(0, len(points), spec.max_population):  # as search._Runner.grid splits them
             sizes = Counter(int(p["batch_size"]) for p in points[start:start + spec.max_population])
@@ -84,21 +86,21 @@ def plan_search(spec: StudySpec) -> Plan:
     return Plan(spec, [], remaining, len(finished), populations)
 
 
-def _finished_points(spec: StudySpec) -> set[tuple[float, float, int, float]]:
-    """The configurations the study has finished; empty when the storage or the study does not exist yet."""
+def _finished_points(spec: StudySpec) -> list[tuple[float, float, int, float]]:
+    """The configurations of the study's finished trials; none when the storage or the study does not exist yet."""
     from hpsearch.storage import storage_location
 
     location = storage_location(spec.storage)
     if location.startswith("sqlite:///") and not Path(location.removeprefix("sqlite:///")).exists():
-        return set()  # opening it would create it
+        return []  # opening it would create it
     from hpsearch.results import load_results
 
     try:
         frame = load_results([spec.study], spec.storage)
     except BadInput:  # no journal, or no such study: nothing done yet
-        return set()
+        return []
     done = frame[~frame["outcome"].isin(["running", "interrupted"])]
-    return {make_config(row, 0).key() for row in done[["lr", "weight_decay", "batch_size", "momentum"]].to_dict("records")}
+    return [make_config(row, 0).key() for row in done[["lr", "weight_decay", "batch_size", "momentum"]].to_dict("records")]
 
 
 def probe_task(task: "Task", batch_size: int, steps: int = PROBE_STEPS) -> tuple["Task", float]:
@@ -112,13 +114,21 @@ def probe_task(task: "Task", batch_size: int, steps: int = PROBE_STEPS) -> tuple
 
 
 def measure(task: "Task", batch_size: int, members: int) -> tuple[float, float]:
-    """(set-up seconds, seconds of one full epoch) of a population of ``members``, measured on a slice.
+    """(set-up seconds, seconds of one full epoch) of a population of ``members``.
 
-    A few epochs on the slice; the fastest counts.
+    A few epochs on a slice of the data, the median counting; when a whole epoch is cheap, on the
+    whole data instead, so that each epoch's fixed costs are not scaled up with the slice's.
     """
+    setup, epoch = _measure(task, batch_size, members, PROBE_STEPS)
+    if epoch < WHOLE_EPOCH_S:
+        setup, epoch = _measure(task, batch_size, members, math.ceil(len(task.train[0]) / batch_size))
+    return setup, epoch
+
+
+def _measure(task: "Task", batch_size: int, members: int, steps: int) -> tuple[float, float]:
     from hpsearch.train import EpochReport, train_population
 
-    probe, share = probe_task(task, batch_size)
+    probe, share = probe_task(task, batch_size, steps)
     configs = [make_config({"lr": 1e-3, "weight_decay": 0.0, "batch_size": batch_size, "momentum": 0.9}, seed)
                for seed in range(members)]  # a small lr: no member diverges and leaves early
     epochs: list[float] = []
@@ -130,7 +140,7 @@ def measure(task: "Task", batch_size: int, members: int) -> tuple[float, float]:
     started = time.perf_counter()
     train_population(probe, configs, PROBE_EPOCHS, on_epoch)
     setup = max(0.0, time.perf_counter() - started - sum(epochs))
-    return setup, min(epochs) / share
+    return setup, statistics.median(epochs) / share
 
 
 def step_ms(task: "Task", batch_size: int, epoch_seconds: float) -> float:

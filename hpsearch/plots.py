@@ -94,7 +94,8 @@ def loss_curves(results: Results, top: int = TOP_CURVES) -> Any:
         axes.plot(epochs, curves["val_loss"], color=colour, linestyle="--")
     axes.plot([], [], color="grey", label="solid: training loss")
     axes.plot([], [], color="grey", linestyle="--", label="dashed: validation loss")
-    axes.set(title=f"Loss curves of the top {len(ok)} configurations", xlabel="Epoch", ylabel="Loss")
+    axes.set_yscale("log")  # the late epochs, where configurations differ, are not squashed by the first
+    axes.set(title=f"Loss curves of the top {len(ok)} configurations", xlabel="Epoch", ylabel="Loss (log scale)")
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
@@ -136,7 +137,8 @@ def importance_chart(importances: list[Importance]) -> Any:
                        padding=3)
     axes.set_yticks([k + height * (len(shown) - 1) / 2 for k in range(len(params))], [LABELS[p] for p in params])
     axes.invert_yaxis()
-    axes.set_xlim(0, 1)
+    axes.set_xlim(0, 1.1)  # room for the "100%" label
+    axes.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     axes.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     axes.set(title="Parameter importance (fANOVA: share of the objective's variance)", xlabel="Share")
     axes.grid(alpha=0.3, axis="x")

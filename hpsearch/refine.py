@@ -32,12 +32,24 @@ import math
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
+import optuna
 import pandas as pd
 
 from hpsearch.errors import BadInput
 from hpsearch.results import PARAMS, Results, edge_flags, read_results, searched_ranges
 from hpsearch.search import SETTINGS_ATTR
-from hpsearch.spec import (SCALES, Dimension, Range, SearchSpace, StudySpec, build_spec, fmt, make_config, tidy)
+from hpsearch.spec import (
+    SCALES,
+    Dimension,
+    Range,
+    SearchSpace,
+    StudySpec,
+    build_spec,
+    fmt,
+    make_config,
+    tidy,
+)
+from hpsearch.storage import open_storage, study_names
 
 DEFAULT_TOP = 3
 SAMPLERS = ("grid", "random", "tpe")
@@ -77,9 +89,9 @@ class Refinement:
         """The refined space, parameter by parameter, and the configurations it holds (``refine --show``)."""
         spec = self.spec
         trials = ", ".join(f"{t['study']}#{t['trial']}" for t in self.top)
-        lines = [f"Study {spec.study}: refined from {', '.join(spec.source['studies'])} "  # type: ignore[index]
-                 f"(top {len(self.top)}: {trials}); {spec.epochs} epochs (sources: {self.source_epochs}), "
-                 f"seed {spec.seed}, sampler {spec.command}"]
+        studies = ", ".join(spec.source["studies"])  # type: ignore[index]
+        lines = [(f"Study {spec.study}: refined from {studies} (top {len(self.top)}: {trials}); {spec.epochs} epochs "
+                  f"(sources: {self.source_epochs}), seed {spec.seed}, sampler {spec.command}")]
         for name in PARAMS:
             fixed = all(len(hood.values) == 1 for hood in self.neighbourhoods[name])
             lines.append(f"{name} ({'searched at one value' if fixed else _scale_note(name, self.step[name])}):")
@@ -119,7 +131,7 @@ def half_step(name: str, searched: Sequence[float]) -> float:
     if name == "batch_size":
         return 1.0
     points = sorted({SCALES[name].forward(v) for v in searched if name == "momentum" or v > 0})
-    gaps = [b - a for a, b in zip(points, points[1:]) if b - a > 1e-9]
+    gaps = [b - a for a, b in itertools.pairwise(points) if b - a > 1e-9]
     return (min(gaps) if gaps else DEFAULT_COARSE_STEP) / 2
 
 
@@ -192,11 +204,44 @@ def _params(row: Mapping[str, object]) -> dict[str, float]:
             "batch_size": int(row["batch_size"]), "momentum": float(row["momentum"])}  # type: ignore[arg-type]
 
 
-def _envelope(values: Mapping[str, Sequence[float]], sampled: bool) -> SearchSpace:
+def _around(name: str, best: pd.DataFrame, frame: pd.DataFrame, grids: pd.DataFrame) -> tuple[float, tuple[Neighbourhood, ...]]:
+    """One parameter's refined step (a factor on its scale) and a neighbourhood per distinct best value.
+
+    ``best``: the top trials; ``frame``: every trial of the sources (the range searched so far);
+    ``grids``: the trials of the grid sources (their spacing gives the coarse step).
+    """
+    half = half_step(name, pd.to_numeric(grids[name], errors="coerce").dropna().tolist())
+    searched = pd.to_numeric(frame[name], errors="coerce").dropna()
+    low, high = searched_ranges(frame)[name]
+    nonzero = searched[searched > 0]
+    lowest_nonzero = float(nonzero.min()) if name == "weight_decay" and len(nonzero) else None
+    hoods = []
+    for value, rows in best.groupby(best[name].astype(float), sort=True):
+        edge = edge_flags({name: value}, {name: (low, high)}).get(name)
+        around = (value,) if low == high else neighbourhood(name, value, half, edge, lowest_nonzero)
+        trials = tuple(f"{r.study}#{r.trial}" for r in rows.itertuples())
+        hoods.append(Neighbourhood(name, value, around, _why(name, value, around, edge, lowest_nonzero), trials))
+    return (2.0 if name == "batch_size" else math.exp(half)), tuple(hoods)
+
+
+def _union(best: pd.DataFrame, hoods: Mapping[str, Sequence[Neighbourhood]]) -> tuple[dict[str, float], ...]:
+    """Every top trial's neighbourhood (a product over the parameters), merged without duplicates, by batch size."""
+    around = {(name, hood.best): hood.values for name, found in hoods.items() for hood in found}
+    points: dict[tuple, dict[str, float]] = {}
+    for row in best.to_dict("records"):
+        params = _params(row)
+        for combo in itertools.product(*(around[(name, float(params[name]))] for name in PARAMS)):
+            point = dict(zip(PARAMS, combo))
+            point["batch_size"] = int(point["batch_size"])
+            points.setdefault(make_config(point, 0).key(), point)
+    return tuple(sorted(points.values(), key=lambda p: tuple(p[n] for n in ("batch_size", *PARAMS))))
+
+
+def _envelope(hoods: Mapping[str, Sequence[Neighbourhood]], sampled: bool) -> SearchSpace:
     """The refined values per parameter as a space: listed for a grid; ranges to sample inside for random / TPE."""
     dims = {}
-    for name, found in values.items():
-        listed = tuple(sorted(set(found)))
+    for name, found in hoods.items():
+        listed = tuple(sorted({v for hood in found for v in hood.values}))
         continuous = [v for v in listed if name == "momentum" or v > 0] if name != "batch_size" else []
         if not sampled or len(continuous) < 2:
             dims[name] = Dimension(name, listed)
@@ -240,36 +285,12 @@ def refine_spec(
     settings = _settings(results, names)
     first = settings[names[0]]
     best = _top(results.frame, names, top)
-    ranges = searched_ranges(results.frame)
     grids = results.frame[results.frame["study"].isin([n for n in names if settings[n].get("command") == "grid"])]
 
-    step, hoods, values = {}, {}, {}
-    by_value: dict[tuple[str, float], tuple[float, ...]] = {}
+    hoods, step = {}, {}
     for name in PARAMS:
-        half = half_step(name, pd.to_numeric(grids[name], errors="coerce").dropna().tolist())
-        step[name] = 2.0 if name == "batch_size" else math.exp(half)
-        low, high = ranges[name]
-        nonzero = [v for v in pd.to_numeric(results.frame[name], errors="coerce").dropna() if v > 0]
-        lowest_nonzero = min(nonzero) if name == "weight_decay" and nonzero else None
-        found = []
-        for value, rows in best.groupby(best[name].astype(float), sort=True):
-            edge = edge_flags({name: value}, {name: (low, high)}).get(name)
-            around = (value,) if low == high else neighbourhood(name, value, half, edge, lowest_nonzero)
-            by_value[(name, value)] = around
-            label = tuple(f"{r.study}#{r.trial}" for r in rows.itertuples())
-            found.append(Neighbourhood(name, value, around, _why(name, value, around, edge, lowest_nonzero), label))
-        hoods[name] = tuple(found)
-        values[name] = sorted({v for hood in found for v in hood.values})
-
-    points: dict[tuple, dict[str, float]] = {}
-    for row in best.to_dict("records"):
-        params = _params(row)
-        axes = [by_value[(name, float(params[name]))] for name in PARAMS]
-        for combo in itertools.product(*axes):
-            point = dict(zip(PARAMS, combo))
-            point["batch_size"] = int(point["batch_size"])
-            points.setdefault(make_config(point, 0).key(), point)
-    ordered = tuple(sorted(points.values(), key=lambda p: tuple(p[n] for n in ("batch_size", *PARAMS))))
+        step[name], hoods[name] = _around(name, best, results.frame, grids)
+    points = _union(best, hoods)
 
     source_epochs = max(int(s.get("epochs", 1)) for s in settings.values())  # type: ignore[call-overload]
     if epochs is None:
@@ -281,21 +302,17 @@ def refine_spec(
                       seed=int(first.get("seed", 0)) if seed is None else seed,  # type: ignore[call-overload]
                       trials=trials, study=target, storage=storage, device=device,
                       prune=str(first.get("prune", "none")) if prune is None else prune)
-    spec = replace(spec, space=_envelope(values, sampled=sampler != "grid"),
-                   points=ordered if sampler == "grid" else None, source=source)
+    spec = replace(spec, space=_envelope(hoods, sampled=sampler != "grid"),
+                   points=points if sampler == "grid" else None, source=source)
     _check_target(spec)
     return Refinement(spec, tuple(origin), hoods, step, source_epochs)
 
 
 def _check_target(spec: StudySpec) -> None:
     """A refined study that already exists continues only from the same source trials (else: a new name)."""
-    from hpsearch.storage import open_storage, study_names
-
     store = open_storage(spec.storage, create=False)
     if spec.study not in study_names(store.storage):
         return
-    import optuna
-
     stored = optuna.load_study(study_name=spec.study, storage=store.storage).user_attrs.get(SETTINGS_ATTR, {})
     if stored.get("source") != spec.source:
         what = "refined from other trials" if stored.get("source") else "not made by refine"

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.errors import BadInput
-from hpsearch.results import DIAGNOSIS_RULES, Results, phase
+from hpsearch.results import DIAGNOSIS_RULES, PARAMS, Results, phase
 from hpsearch.studyfile import study_file_text
 
 if TYPE_CHECKING:
@@ -222,20 +222,19 @@ def test_lines(results: Results) -> list[str]:
             continue
         metrics = ", ".join(f"{key.replace('_', ' ')} {test[key]:.4f}" for key in ("test_accuracy", "test_loss")
                             if isinstance(test.get(key), (int, float)))
-        config = ", ".join(f"{k}={_cell(k, v)}" for k, v in (test.get("config") or {}).items() if k in _PARAMS)
+        config = ", ".join(f"{k}={_cell(k, v)}" for k, v in (test.get("config") or {}).items() if k in PARAMS)
         lines.append(f"Test (study {name}, trial {test.get('trial')}, {config}): {metrics}; evaluated once "
                      f"{test.get('when', '')}".rstrip())
     return lines
 
 
-_PARAMS = ("lr", "weight_decay", "batch_size", "momentum")
 _MARKDOWN = ["rank", "study", "phase", "trial", "lr", "weight_decay", "batch_size", "momentum", "epochs",
              "val_accuracy", "delta", "val_loss", "train_loss", "outcome", "diagnosis"]
 
 
-def _report_columns(frame: pd.DataFrame) -> list[str]:
+def _report_columns(results: Results) -> list[str]:
     """The columns of a Markdown or HTML table: study and phase only when several studies are shown."""
-    several = frame["study"].nunique() > 1
+    several = len(results.studies) > 1
     return [c for c in _MARKDOWN if several or c not in ("study", "phase")]
 
 
@@ -247,7 +246,7 @@ def _text_cell(column: str, record: dict) -> str:
 
 def to_markdown(results: Results, frame: pd.DataFrame) -> str:
     """A pipe table to paste into a README or a pull request, then the best line, edge flags, test result."""
-    columns = _report_columns(frame)
+    columns = _report_columns(results)
     right = [c not in _TEXT for c in columns]
     head = "| " + " | ".join(_HEADERS.get(c, c).replace("\n", " ").strip() for c in columns) + " |"
     rule = "|" + "|".join("---:" if r else ":---" for r in right) + "|"
@@ -308,7 +307,7 @@ def to_html(results: Results, frame: pd.DataFrame) -> str:
 
     esc = html.escape
     names = ", ".join(results.studies)
-    columns = _report_columns(frame)
+    columns = _report_columns(results)
     head = "".join(f'<th class="{"text" if c in _TEXT else "num"}">{esc(_HEADERS.get(c, c).strip())}</th>'
                    for c in columns).replace("\n", " ")
     body = "\n".join(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
 import optuna
@@ -9,6 +10,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.search import SETTINGS_ATTR, decode_params
+from hpsearch.spec import PARAMS
 from hpsearch.storage import load_study, open_storage
 
 COLUMNS = [
@@ -111,7 +113,11 @@ class Results:
         return self.studies[study].user_attrs.get("test_result")
 
     def trial(self, study: str, number: int) -> FrozenTrial:
-        return self.studies[study].get_trials(deepcopy=False)[number]
+        return self._trials[study, number]
+
+    @cached_property
+    def _trials(self) -> dict[tuple[str, int], FrozenTrial]:
+        return {(name, t.number): t for name, study in self.studies.items() for t in study.get_trials(deepcopy=False)}
 
     def curves(self, study: str, number: int) -> dict[str, list[float]]:
         """The per-epoch metrics of one trial (empty lists where it recorded none)."""
@@ -145,9 +151,6 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
 
 # --- the edges of the range searched (shared with refine) ---
 
-PARAMS = ("lr", "weight_decay", "batch_size", "momentum")
-
-
 def searched_ranges(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """Per parameter, the lowest and highest value that the frame's trials tried (any outcome: a diverged
     learning rate was searched too). Over several studies this is the range searched so far. Sampled
@@ -169,7 +172,7 @@ def edge_flags(params: Mapping[str, object], ranges: Mapping[str, tuple[float, f
     flags = {}
     for name, (low, high) in ranges.items():
         value = params.get(name)
-        if value is None or value is pd.NA or low == high or value != value:
+        if value is None or low == high or pd.isna(value):
             continue
         if value >= high:
             flags[name] = "high"
@@ -188,12 +191,12 @@ RISING = 0.05  # the last validation loss is 5% above its lowest, reached two or
 DIAGNOSIS_RULES = (  # the first that holds; shown in the HTML report and the README
     ("failed: REASON, diverged at epoch E, pruned at epoch E", "the trial did not finish."),
     ("too short", "a single epoch is not a curve."),
-    ("not learning", "the training loss fell by less than 1% from the first epoch to the last: the learning "
-                     "rate is far too low, or so high that the ReLUs died (accuracy at chance, loss flat)."),
-    ("overfitting", "the last validation loss is more than 5% above its lowest, reached two or more epochs "
-                    "before the end, while the training loss kept falling since then."),
-    ("underfitting", "in the last epoch both losses still fell, the training loss by at least a tenth of its "
-                     "whole fall since epoch 1 (not flattening yet): more epochs would help."),
+    ("not learning", ("the training loss fell by less than 1% from the first epoch to the last: the learning "
+                      "rate is far too low, or so high that the ReLUs died (accuracy at chance, loss flat).")),
+    ("overfitting", ("the last validation loss is more than 5% above its lowest, reached two or more epochs "
+                     "before the end, while the training loss kept falling since then.")),
+    ("underfitting", ("in the last epoch both losses still fell, the training loss by at least a tenth of its "
+                      "whole fall since epoch 1 (not flattening yet): more epochs would help.")),
     ("healthy", "none of the above: the training loss has flattened and the validation loss is not rising."),
 )
 

@@ -18,28 +18,35 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Collection, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the same parser, from PyPI
+    import tomli as tomllib
 
 from hpsearch.errors import BadInput
 from hpsearch.spec import BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, PARAMS, PRUNERS, fmt, parse_values
 
 # Every key a study file may hold, with its TOML type; the four parameters are read by _values_text.
+# A refine file names its sources (from), top and sampler instead of a task and a space.
 KEYS: dict[str, type] = {
     "command": str, "task": str, "data": str, "target": str, "kind": str, "epochs": int, "seed": int,
-    "trials": int, "prune": str, "storage": str, "study": str, "device": str,
+    "trials": int, "prune": str, "storage": str, "study": str, "device": str, "jobs": int, "retries": int,
+    "from": list, "top": int, "sampler": str,
 }
-CHOICES = {"command": COMMANDS, "prune": PRUNERS, "kind": KINDS}
-_TOML_TYPES = {str: "a string", int: "an integer"}
+CHOICES = {"command": (*COMMANDS, "refine"), "prune": PRUNERS, "kind": KINDS, "sampler": COMMANDS}
+_TOML_TYPES = {str: "a string", int: "an integer", list: "a list of study names"}
 
 
 def read_study_file(path: str | Path, command: str, options: Collection[str]) -> dict[str, Any]:
     """The settings of a study file as flag values (the four parameters as VALUES text).
 
-    ``command``: the command reading the file; ``options``: the names of its options (a file key
-    that is not one of them, such as ``trials`` for a grid, is an error). Every mistake is a
-    one-line BadInput naming the file, and the key where there is one.
+    ``command``: the command reading the file; ``options``: its options' names, the flags' names
+    with underscores (a file key that is not one of them, such as ``trials`` for a grid, is an
+    error). Every mistake is a one-line BadInput naming the file, and the key where there is one.
     """
     where = str(path)
     try:
@@ -64,7 +71,8 @@ def read_study_file(path: str | Path, command: str, options: Collection[str]) ->
             values[key] = _values_text(key, value, where)
             continue
         wanted = KEYS[key]
-        if type(value) is not wanted:  # not isinstance: TOML's true is no integer here
+        if type(value) is not wanted or (wanted is list and not all(isinstance(v, str) for v in value)):
+            # type(), not isinstance: TOML's true is no integer here
             raise BadInput(f"{where}: key '{key}' must be {_TOML_TYPES[wanted]}, not {_describe(value)}")
         if key in CHOICES and value not in CHOICES[key]:
             raise BadInput(f"{where}: key '{key}' = {value!r}: choose one of {', '.join(CHOICES[key])}")
@@ -115,15 +123,18 @@ def study_file_text(study: str, settings: Mapping[str, Any], trials: int) -> str
     """
     command = str(settings.get("command", "grid"))
     task = str(settings.get("task", "digits"))
+    again = "refine" if "source" in settings else command
     lines = [f"# Study {study}, as hpsearch ran it. Run it again (or continue it) with:",
-             f"#   hpsearch {command} --config FILE"]
-    if "source" in settings:
-        lines.append(f"# It was refined from {', '.join(settings['source'].get('studies', []))}; this file "
-                     "runs its configurations as a study of its own.")
+             f"#   hpsearch {again} --config FILE"]
     entries: dict[str, object] = {"command": command}
-    entries["data" if task.endswith(DATA_SUFFIXES) and task not in BUILTIN_TASKS else "task"] = task
-    entries.update({k: settings[k] for k in ("target", "kind") if settings.get(k) is not None})
-    entries.update(dict(settings.get("space") or {}))
+    if "source" in settings:  # refine again from the same sources: the same neighbourhoods, exactly
+        source = settings["source"]
+        entries = {"command": "refine", "from": list(source.get("studies", [])), "top": source.get("top"),
+                   "sampler": command}
+    else:
+        entries["data" if task.endswith(DATA_SUFFIXES) and task not in BUILTIN_TASKS else "task"] = task
+        entries.update({k: settings[k] for k in ("target", "kind") if settings.get(k) is not None})
+        entries.update(dict(settings.get("space") or {}))
     entries.update({k: settings[k] for k in ("epochs", "seed", "prune") if k in settings})
     if command != "grid":
         entries["trials"] = settings.get("trials", trials)

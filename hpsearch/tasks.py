@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpsearch.errors import BadInput, RuntimeFailure
+from hpsearch.errors import RuntimeFailure
 from hpsearch.spec import BUILTIN_TASKS
 
 Split = tuple[torch.Tensor, torch.Tensor]

@@ -21,10 +21,10 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ def _module(where: str) -> ModuleType:
         sys.modules[name] = module  # dataclasses and pickling look a class's module up here
         try:
             spec.loader.exec_module(module)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
             del sys.modules[name]
             raise BadInput(f"cannot import task file {where}: {_first_line(error)}") from None
         return module
@@ -77,7 +77,7 @@ def _module(where: str) -> ModuleType:
         if error.name and where.startswith(error.name):
             raise BadInput(f"no module named '{where}' here or on the Python path") from None
         raise BadInput(f"cannot import {where}: {_first_line(error)}") from None
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
         raise BadInput(f"cannot import {where}: {_first_line(error)}") from None
 
 
@@ -97,7 +97,7 @@ def plugin_task(ref: str) -> Task:
         task = function()
     except HpsearchError:
         raise
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
         raise BadInput(f"task function {ref} raised {_first_line(error)}") from None
     if not isinstance(task, Task):
         raise BadInput(f"task function {ref} returned {type(task).__name__}, not an hpsearch.Task")
@@ -131,7 +131,8 @@ def _check_split(where: str, name: str, split: object, task: Task) -> Split:
         raise BadInput(f"{where}: {name} labels must be integers of shape (N,), not {y.dtype} {tuple(y.shape)}")
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= classes:
-        raise BadInput(f"{where}: {name} labels must be in [0, {classes}) for {classes} classes; found {low if low < 0 else high}")
+        found = low if low < 0 else high
+        raise BadInput(f"{where}: {name} labels must be in [0, {classes}) for {classes} classes; found {found}")
     return x.float(), y.long()
 
 
@@ -149,7 +150,7 @@ def _checked(task: Task, where: str) -> Task:
         raise BadInput(f"{where}: make_model must be a function returning a fresh torch.nn.Module")
     try:
         model = task.make_model()
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
         raise BadInput(f"{where}: make_model() raised {_first_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise BadInput(f"{where}: make_model() returned {type(model).__name__}, not a torch.nn.Module")
@@ -157,7 +158,7 @@ def _checked(task: Task, where: str) -> Task:
     try:
         with torch.no_grad():
             out = model.eval()(x)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
         raise BadInput(f"{where}: the model fails on 2 training inputs of shape {tuple(x.shape)}: "
                        f"{_first_line(error)}") from None
     wanted = (len(x), task.num_classes)
@@ -216,7 +217,7 @@ def _arrays(path: Path, target: str | None) -> dict[str, tuple[np.ndarray, np.nd
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
             raise BadInput(f"cannot read {path}: {_first_line(error)}") from None
         if "x_train" not in arrays or "y_train" not in arrays:
             raise BadInput(f"{path} has no x_train and y_train arrays (it has: {', '.join(arrays) or 'none'})")
@@ -229,7 +230,7 @@ def _arrays(path: Path, target: str | None) -> dict[str, tuple[np.ndarray, np.nd
 
     try:
         frame = pd.read_csv(path)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
         raise BadInput(f"cannot read {path}: {_first_line(error)}") from None
     if target not in frame.columns:
         raise BadInput(f"{path} has no column '{target}' (columns: {', '.join(map(str, frame.columns))})")
@@ -249,7 +250,8 @@ def data_task(path: Path, target: str | None, kind: str | None) -> Task:
     y_all = np.concatenate([y.reshape(len(y), -1) for _, y in arrays.values()])
     kind = kind or ("regression" if np.issubdtype(y_all.dtype, np.floating) else "classification")
     if kind == "classification":
-        if not np.issubdtype(y_all.dtype, np.number) or not np.all(np.isfinite(y_all)) or np.any(y_all != np.round(y_all)):
+        whole = np.issubdtype(y_all.dtype, np.number) and np.all(np.isfinite(y_all)) and np.all(y_all == np.round(y_all))
+        if not whole:
             raise BadInput(f"{path}: class labels must be whole numbers (give --kind regression for numeric targets)")
         outputs = int(y_all.max()) + 1
     else:

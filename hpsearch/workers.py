@@ -246,9 +246,11 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
     spec, store, _ = prepare_study(spec)  # settings checked once, before any worker starts
     already, _, failed_before = _counts(store, spec.study)
     logs = [tempfile.TemporaryFile() for _ in range(spec.jobs)]
+    # The cores shared out: N workers each with every core's thread would spin against each other.
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // spec.jobs))} | dict(os.environ)
     procs = []
     for device, log in zip(worker_devices(spec.device, spec.jobs), logs):
-        proc = subprocess.Popen([sys.executable, "-m", "hpsearch.workers"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "hpsearch.workers"], stdin=subprocess.PIPE, env=env,
                                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         assert proc.stdin is not None
         proc.stdin.write(pickle.dumps(replace(spec, jobs=1, device=device)))

@@ -123,7 +123,7 @@ def test_a_password_in_a_storage_url_is_never_shown(workdir):
     assert "s3cret" not in result.output and "me:***@" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["grid", "random", "tpe", "report"])
+@pytest.mark.parametrize("command", ["grid", "random", "tpe", "refine", "test", "report"])
 def test_every_command_has_help_with_an_example_and_is_in_the_readme(command):
     result = run(command, "--help")
     assert result.exit_code == 0 and "Example" in result.stdout

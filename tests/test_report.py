@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -220,7 +219,7 @@ def test_html_report_opens_in_headless_chromium(journal, tmp_path):
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
          f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        check=False, capture_output=True, text=True, timeout=120)
     assert browser.returncode == 0, browser.stderr[-2000:]
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10_000
     console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]

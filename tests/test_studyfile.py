@@ -115,3 +115,17 @@ def test_a_random_study_file_records_its_budget(workdir):
     written = tomllib.loads(run("report", "r", "--format", "toml").stdout)
     assert written["command"] == "random" and written["trials"] == 3 and written["batch_size"] == "64"
     assert written["lr"] == "1e-05:1" and written["study"] == "r"
+
+
+def test_a_refined_study_comes_back_as_a_refine_file_that_re_creates_it(workdir):
+    coarse = run("grid", "--study", "c", "--lr", "0.1,0.01", "--weight-decay", "0", "--batch-size", "128",
+                 "--epochs", "1")
+    assert coarse.exit_code == 0, coarse.output
+    refined = run("refine", "--from", "c", "--top", "1", "--epochs", "1", "--study", "f")
+    assert refined.exit_code == 0, refined.output
+    written = run("report", "f", "--format", "toml").stdout
+    assert tomllib.loads(written) == {"command": "refine", "from": ["c"], "top": 1, "sampler": "grid", "epochs": 1,
+                                      "seed": 0, "prune": "none", "study": "f"}
+    (workdir / "f.toml").write_text(written)
+    again = run("refine", "--config", "f.toml")
+    assert again.exit_code == 0 and "Nothing to train" in again.stdout, again.output

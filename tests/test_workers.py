@@ -26,8 +26,16 @@ POSTGRES = os.environ.get("HPSEARCH_TEST_POSTGRES")
 
 @pytest.fixture(scope="module")
 def forkserver():
+    """Forks workers with torch and hpsearch imported, one thread each (as --jobs gives them on 2 cores)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "hpsearch.search", "hpsearch.train", "hpsearch.tasks"])
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by the forkserver when it starts
+    ctx.Process(target=time.sleep, args=(0,)).start()
+    if before is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = before
     return ctx
 
 

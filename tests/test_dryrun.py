@@ -1,0 +1,74 @@
+"""--dry-run and the time estimate: the plan is printed, nothing is trained or written."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+from rich.progress import Progress
+
+from hpsearch.cli import main
+from hpsearch.estimate import Population, estimate_plan, plan_search
+from hpsearch.report import _Eta
+from hpsearch.spec import build_spec
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_a_dry_run_of_the_default_grid_prints_its_24_configurations_and_writes_nothing(workdir):
+    result = run("grid", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "24 configurations to train (0 already in study 'digits-grid'), 5 epochs each, in 2 populations" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+){4}\s*", line)]
+    assert [int(r[0]) for r in rows] == list(range(1, 25))
+    assert {(r[1], r[2], r[3], r[4]) for r in rows} == {
+        (lr, wd, bs, "0.9") for lr in ("0.1", "0.01", "0.001", "0.0001") for wd in ("0", "1e-05", "0.0001")
+        for bs in ("32", "128")}
+    assert re.search(r"Estimated time: (\d+\.\d s|\d+:\d\d:\d\d) ", result.stdout)
+    assert "batch size 32, 12 members" in result.stdout and "batch size 128, 12 members" in result.stdout
+    assert not (workdir / "studies").exists()
+
+
+@pytest.mark.parametrize("command", ["random", "tpe"])
+def test_a_dry_run_of_a_sampler_prints_the_sampler_space_and_budget(workdir, command):
+    result = run(command, "--dry-run", "--trials", "6", "--batch-size", "32,64", "--config", "study.toml")
+    assert result.exit_code == 2  # the file does not exist: nothing to run a dry run of
+    result = run(command, "--dry-run", "--trials", "6", "--batch-size", "32,64")
+    assert result.exit_code == 0, result.output
+    assert f"Sampler: {command} (seed 0), 6 trials in all; space: lr 1e-05:1, weight_decay 0,1e-06:0.01" in result.stdout
+    assert "6 configurations to train" in result.stdout and "Estimated time" in result.stdout
+    assert not (workdir / "studies").exists()
+
+
+def test_a_dry_run_of_a_grid_under_way_counts_only_what_is_missing(workdir):
+    first = run("grid", "--study", "g", "--lr", "0.1,0.01", "--weight-decay", "0", "--batch-size", "64", "--epochs", "1")
+    assert first.exit_code == 0, first.output
+    journal = workdir / "studies" / "hpsearch.journal"
+    before = journal.read_bytes()
+    result = run("grid", "--study", "g", "--lr", "0.1,0.01,0.001", "--weight-decay", "0", "--batch-size", "64",
+                 "--epochs", "1", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "1 configurations to train (2 already in study 'g')" in result.stdout
+    assert journal.read_bytes() == before
+
+
+def test_the_plan_splits_populations_as_the_search_does(digits):
+    spec = build_spec("grid", lr="1e-1,1e-2,1e-3,1e-4", weight_decay="1e-7:1e-3:5,0", batch_size="16:128", study="p",
+                      storage="unused.journal")
+    plan = plan_search(spec)  # 4 x 6 x 4 = 96 points: a first population of 64 holds batch sizes 16 and 32
+    assert plan.to_train == 96 and sum(p.members for p in plan.populations) == 96
+    assert plan.populations == [Population(16, 24), Population(32, 24), Population(64, 16), Population(64, 8),
+                                Population(128, 24)]
+    estimate = estimate_plan(plan_search(build_spec("grid", batch_size="128", epochs=2, storage="unused.journal")),
+                             digits)
+    assert set(estimate.step_ms) == {(128, 12)} and estimate.seconds > 0
+
+
+def test_the_bar_counts_the_estimate_down_until_the_trials_set_the_pace():
+    bar = Progress()
+    task = bar.add_task("grid", total=24)
+    eta = _Eta(100.0)
+    assert str(eta.render(bar.tasks[task])) in ("0:01:40", "0:01:39")
+    assert str(_Eta(None).render(bar.tasks[task])) == "-:--:--"

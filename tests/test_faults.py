@@ -1,0 +1,127 @@
+"""Every way a run can end badly becomes a clear outcome: Ctrl-C and SIGTERM, a torn journal, its repair.
+
+The signal tests run the real command in a subprocess and send the real signal mid-training.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from hpsearch.cli import main
+from hpsearch.journal import is_torn
+from hpsearch.search import run_search
+from hpsearch.spec import build_spec
+from hpsearch.storage import open_storage
+
+GRID = ["--lr", "0.1,0.01", "--weight-decay", "0,1e-4", "--batch-size", "32", "--device", "cpu"]
+
+
+def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    store = open_storage(storage, create=False)
+    return optuna.load_study(study_name=study, storage=store.storage).get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_a_grid_records_interrupted_trials_and_a_resume_completes_it(tmp_path, signum, code):
+    journal = tmp_path / "s.journal"
+    command = [sys.executable, "-m", "hpsearch", "grid", *GRID, "--epochs", "60", "--study", "s",
+               "--storage", str(journal)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    while not (journal.exists() and b'"intermediate_value"' in journal.read_bytes()):  # training has begun
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert err.decode().splitlines()[-1].startswith(f"Error: interrupted by {name}: 4 running trial(s)")
+    assert b"Traceback" not in err
+    assert b"Study s: best first" in out  # the results so far are printed
+    stopped = [t for t in _trials(str(journal), "s") if t.user_attrs.get("outcome") == "interrupted"]
+    assert len(stopped) == 4 and all(t.state == TrialState.FAIL for t in stopped)
+    assert all(name in t.user_attrs["reason"] for t in stopped)
+    outcome = run_search(build_spec("grid", lr="0.1,0.01", weight_decay="0,1e-4", batch_size="32", epochs=60,
+                                    study="s", storage=str(journal), device="cpu"))
+    assert outcome.trained == 4
+    done = [t for t in _trials(str(journal), "s") if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lr"] for t in done) == [0.01, 0.01, 0.1, 0.1]
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory) -> Path:
+    """A real journal: a 12-point grid, 2 epochs."""
+    path = tmp_path_factory.mktemp("j") / "hpsearch.journal"
+    run_search(build_spec("grid", lr="0.1,0.03,0.01", weight_decay="0,1e-4", batch_size="32,64", epochs=2,
+                          study="g", storage=str(path), device="cpu"))
+    return path
+
+
+def _completed_before(data: bytes, cut: int) -> dict[int, float]:
+    """Trial id -> value for every trial whose COMPLETE record lies wholly before byte ``cut``."""
+    done, offset = {}, 0
+    for line in data.splitlines(keepends=True):
+        offset += len(line)
+        if offset > cut:
+            break
+        record = json.loads(line)
+        if record.get("state") == TrialState.COMPLETE.value and "values" in record:
+            done[record["trial_id"]] = record["values"][0]
+    return done
+
+
+def test_a_journal_cut_at_20_offsets_loads_or_refuses_in_one_line_and_repair_keeps_every_complete_trial(
+        journal, tmp_path):
+    data = journal.read_bytes()
+    cuts = sorted(random.Random(0).sample(range(1, len(data)), 18)) + [len(data) - 1, len(data)]
+    refused = 0
+    for cut in cuts:
+        path = tmp_path / f"cut{cut}.journal"
+        path.write_bytes(data[:cut])
+        result = CliRunner().invoke(main, ["report", "g", "--storage", str(path)])
+        torn = not data[:cut].endswith(b"\n")
+        if torn:
+            refused += 1
+            assert result.exit_code == 1
+            assert result.stderr.count("\n") == 1 and "hpsearch repair --storage" in result.stderr
+            repaired = CliRunner().invoke(main, ["repair", "--storage", str(path)])
+            assert repaired.exit_code == 0 and "dropped 1 torn" in repaired.stdout
+            assert not is_torn(str(path))
+        else:
+            assert result.exit_code in (0, 2), result.output  # 2: the study was not created yet
+        expected = _completed_before(data, cut)
+        if expected:
+            trials = {t._trial_id: t for t in _trials(str(path), "g")}
+            assert {i: trials[i].value for i in expected} == expected
+    assert refused >= 15  # most random cuts land inside a record
+
+
+def test_a_search_never_appends_after_a_torn_record(journal, tmp_path):
+    path = tmp_path / "torn.journal"
+    path.write_bytes(journal.read_bytes()[:-7])
+    before = path.read_bytes()
+    result = CliRunner().invoke(main, ["grid", *GRID, "--epochs", "1", "--study", "h", "--storage", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"Error: {result.stderr.strip()[7:]}"]
+    assert "torn record" in result.stderr and f"hpsearch repair --storage {path}" in result.stderr
+    assert path.read_bytes() == before
+
+
+def test_repair_says_when_there_is_nothing_to_repair(journal, tmp_path):
+    path = tmp_path / "whole.journal"
+    shutil.copyfile(journal, path)
+    result = CliRunner().invoke(main, ["repair", "--storage", str(path)])
+    assert result.exit_code == 0 and result.stdout.startswith("Nothing to repair")
+    assert path.read_bytes() == journal.read_bytes()
+    assert not list(tmp_path.glob("*.torn-*"))
