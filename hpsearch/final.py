@@ -77,23 +77,27 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
     result = train_and_test(task, config, epochs)
     if result.outcome != "completed":
         raise RuntimeFailure(f"trial {chosen.number}'s configuration did not train to the end this time: {result.reason}")
-    val_accuracy = chosen.user_attrs.get("val_accuracy") or []
     record = {
         "study": name,
         "trial": chosen.number,
         "config": config.params(),
         "seed": config.seed,
         "epochs": epochs,
-        "val_accuracy": val_accuracy[-1] if val_accuracy else None,
-        "val_loss": (chosen.user_attrs.get("val_loss") or [None])[-1],
+        "val_accuracy": _last(chosen.user_attrs.get("val_accuracy")),
+        "val_loss": _last(chosen.user_attrs.get("val_loss")),
         "test_loss": result.val_loss[-1],
         "test_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "evaluations": int(recorded.get("evaluations", 1)) + 1 if recorded else 1,
     }
-    with store.batch():
+    with store.batch():  # counted under the storage's lock: a concurrent evaluation is counted too
+        latest = study.user_attrs.get(TEST_ATTR)
+        record["evaluations"] = int(latest.get("evaluations", 1)) + 1 if latest else 1
         study.set_user_attr(TEST_ATTR, record)
     return record
+
+
+def _last(curve: list[float] | None) -> float | None:
+    return curve[-1] if curve else None
 
 
 def describe(record: dict[str, Any]) -> str:

@@ -17,3 +17,14 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on cores shared with other jobs, spinning threads make training ten times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

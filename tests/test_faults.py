@@ -5,6 +5,7 @@ The signal tests run the real command in a subprocess and send the real signal m
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -34,11 +35,13 @@ def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_during_a_grid_records_interrupted_trials_and_a_resume_completes_it(tmp_path, signum, code):
+def test_a_signal_during_a_grid_records_interrupted_trials_and_a_resume_completes_it(tmp_path, one_thread, signum,
+                                                                                      code):
     journal = tmp_path / "s.journal"
-    command = [sys.executable, "-m", "hpsearch", "grid", *GRID, "--epochs", "60", "--study", "s",
+    command = [sys.executable, "-m", "hpsearch", "grid", *GRID, "--epochs", "20", "--study", "s",
                "--storage", str(journal)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # on busy cores, spinning threads would slow it tenfold
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
     while not (journal.exists() and b'"intermediate_value"' in journal.read_bytes()):  # training has begun
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
@@ -52,7 +55,7 @@ def test_a_signal_during_a_grid_records_interrupted_trials_and_a_resume_complete
     stopped = [t for t in _trials(str(journal), "s") if t.user_attrs.get("outcome") == "interrupted"]
     assert len(stopped) == 4 and all(t.state == TrialState.FAIL for t in stopped)
     assert all(name in t.user_attrs["reason"] for t in stopped)
-    outcome = run_search(build_spec("grid", lr="0.1,0.01", weight_decay="0,1e-4", batch_size="32", epochs=60,
+    outcome = run_search(build_spec("grid", lr="0.1,0.01", weight_decay="0,1e-4", batch_size="32", epochs=20,
                                     study="s", storage=str(journal), device="cpu"))
     assert outcome.trained == 4
     done = [t for t in _trials(str(journal), "s") if t.state == TrialState.COMPLETE]
@@ -60,7 +63,7 @@ def test_a_signal_during_a_grid_records_interrupted_trials_and_a_resume_complete
 
 
 @pytest.fixture(scope="module")
-def journal(tmp_path_factory) -> Path:
+def journal(tmp_path_factory, one_thread) -> Path:
     """A real journal: a 12-point grid, 2 epochs."""
     path = tmp_path_factory.mktemp("j") / "hpsearch.journal"
     run_search(build_spec("grid", lr="0.1,0.03,0.01", weight_decay="0,1e-4", batch_size="32,64", epochs=2,

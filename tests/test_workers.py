@@ -113,7 +113,7 @@ def test_eight_processes_share_a_random_budget_without_gaps_or_duplicates(tmp_pa
         assert len({tuple(sorted(t.params.items())) for t in trials}) == 400  # seeds by trial: no repeats
 
 
-def test_a_dead_workers_running_trial_is_failed_with_its_reason_and_queued_again(tmp_path, forkserver):
+def test_a_dead_workers_running_trial_is_failed_with_its_reason_and_queued_again(tmp_path, one_thread):
     spec = replace(_grid_spec(str(tmp_path / "d.journal"), "dead"), max_population=30)
     store = open_storage(spec.storage, create=True)
     study = optuna.create_study(storage=store.storage, study_name=spec.study, direction="maximize")
@@ -134,7 +134,7 @@ def test_a_dead_workers_running_trial_is_failed_with_its_reason_and_queued_again
     assert len(again) == 1
 
 
-def test_jobs_gives_the_same_losses_as_one_worker(tmp_path):
+def test_jobs_gives_the_same_losses_as_one_worker(tmp_path, one_thread):
     """Seeds belong to configurations (and random draws to trial numbers), never to workers."""
     losses = {}
     for jobs in (1, 2):
