@@ -241,7 +241,8 @@ def grid(**flags: Any) -> None:
       hpsearch grid --data mydata.npz                     # your own data, a default MLP
       hpsearch grid --config studies/digits-coarse.toml   # a study file (flags override it)
       hpsearch grid --dry-run                             # the 24 points and the estimated time
-    Re-running the same command trains only the points still missing.
+      hpsearch grid --jobs 4                              # 4 worker processes share the grid
+    Re-running the same command (after Ctrl-C, kill -9, a crash) trains only the points still missing.
     """
     _run("grid", **flags)
 
@@ -259,6 +260,7 @@ def random(**flags: Any) -> None:
     Example:
       hpsearch random --task digits --trials 20 --study r
       hpsearch random --trials 200 --dry-run     # the budget and the estimated time, nothing trained
+      hpsearch random --trials 200 --jobs 4      # 4 worker processes share the budget
     """
     _run("random", **flags)
 

@@ -224,8 +224,10 @@ class _Runner:
         by_size: dict[int, list[int]] = {}
         for i, c in enumerate(configs):
             by_size.setdefault(c.batch_size, []).append(i)
+        populations = list(by_size.values())
         try:
-            for members in by_size.values():
+            while populations:
+                members = populations.pop(0)
                 group = [trials[i] for i in members]
                 group_configs = [configs[i] for i in members]
 
@@ -244,7 +246,18 @@ class _Runner:
                 try:
                     results = train_population(task, group_configs, self.spec.epochs, on_epoch)
                 except Exception as error:  # a failure of this population, not of the search
-                    self._failed(group, f"{type(error).__name__}: {error}".splitlines()[0])
+                    if _out_of_memory(error):
+                        if len(members) > 1:  # too large for the device: train it in halves
+                            half = len(members) // 2
+                            populations[:0] = [members[:half], members[half:]]
+                            continue
+                        reason = f"out of memory at batch size {group_configs[0].batch_size} ({self.spec.device})"
+                        with self._writes():
+                            self._fail(group[0], "out_of_memory", reason)
+                        self.failed += 1
+                        self.trained += 1
+                    else:
+                        self._failed(group, f"{type(error).__name__}: {error}".splitlines()[0])
                     for trial in group:
                         pending.pop(trial.number)
                     continue
@@ -394,10 +407,26 @@ class _Runner:
             counted = sum(finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
             return min(batch, waiting + max(0, self.total - counted))
 
+        batch = min(batch, self.spec.max_population)
         while asked := self._ask(room):
             with self._writes():
                 configs = [param_config(_sample(t, self.spec.space), self.spec.seed) for t in asked]
             self.run_batch(asked, configs)
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """A device out of memory (torch.OutOfMemoryError); its memory is released for what runs next."""
+    if type(error).__name__ != "OutOfMemoryError":
+        return False
+    import gc
+
+    import torch
+
+    error.__traceback__ = None  # its frames hold the failed population's tensors
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return True
 
 
 def _trial_seed(seed: int, trial: FrozenTrial, name: str) -> int:

@@ -99,7 +99,9 @@ class Dimension:
 
 
 def fmt(value: float) -> str:
-    return f"{value:g}"
+    """Short (1e-05, 0.9, 32) where that is exact, else every digit: texts parse back to the same values."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def expand(name: str, rng: Range) -> list[float]:
@@ -125,6 +127,8 @@ def _number(name: str, text: str, whole: str) -> float:
 
 def _check_value(name: str, value: float, whole: str) -> None:
     flag = f"{FLAGS[name]} {whole}"
+    if not math.isfinite(value):
+        raise BadInput(f"{flag}: {fmt(value)} is too large a number")
     if name == "lr" and not value > 0:
         raise BadInput(f"{flag}: a learning rate must be > 0, not {fmt(value)}")
     if name == "weight_decay" and value < 0:
@@ -159,6 +163,8 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
 
 def parse_values(name: str, text: str) -> Dimension:
     """Parse one parameter's VALUES; raise BadInput with a one-line message on anything wrong."""
+    if not text.isprintable():  # a newline or other control character would break the one-line message
+        raise BadInput(f"{FLAGS[name]} {text!r}: VALUES hold numbers, ':' and ',' only")
     whole = text.strip()
     items = [item.strip() for item in whole.split(",")]
     if not whole or any(not item for item in items):
@@ -203,7 +209,8 @@ class SearchSpace:
 def parse_space(command: str, texts: dict[str, str | None]) -> SearchSpace:
     """Build the space for a command from flag texts (None = that command's default)."""
     defaults = GRID_DEFAULTS if command == "grid" else SAMPLED_DEFAULTS
-    dims = {name: parse_values(name, texts.get(name) or defaults[name]) for name in PARAMS}
+    dims = {name: parse_values(name, defaults[name] if texts.get(name) is None else texts[name])  # type: ignore[arg-type]
+            for name in PARAMS}  # an empty --lr "" is a mistake, not the default
     for dim in dims.values():
         _check_for_command(command, dim)
     return SearchSpace(**dims)

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -156,6 +157,34 @@ class Store:
         return self.backend.batch() if self.backend is not None else _NoBatch()
 
 
+def _with_driver(url: str) -> str:
+    """postgresql:// means psycopg 3 to SQLAlchemy 2.1; the extra installs psycopg2, so name it when that is what there is."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _open_database(location: str, shown: str, attempts: int = 3) -> Store:
+    """An RDB storage. Workers that meet an empty database together race to create Optuna's tables
+    (a unique-key violation for all but one), so a failed open is tried again after a moment."""
+    attempt = 1
+    while True:
+        try:
+            storage = optuna.storages.RDBStorage(_with_driver(location))
+            locks = _AdvisoryLocks(storage.engine) if storage.engine.dialect.name == "postgresql" else None
+            return Store(storage, shown, locks)
+        except Exception as error:
+            if attempt < attempts and "UniqueViolation" in str(error):
+                time.sleep(0.5 * attempt)
+                attempt += 1
+                continue
+            message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            raise RuntimeFailure(f"cannot open storage {shown}: {message}") from None
+
+
 def open_storage(url: str | None, create: bool) -> Store:
     """Open the storage, with the name to show people (never a password).
 
@@ -165,13 +194,7 @@ def open_storage(url: str | None, create: bool) -> Store:
     location = storage_location(url)
     shown = redact(location)
     if "://" in location:
-        try:
-            storage = optuna.storages.RDBStorage(location)
-            locks = _AdvisoryLocks(storage.engine) if storage.engine.dialect.name == "postgresql" else None
-            return Store(storage, shown, locks)
-        except Exception as error:
-            message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
-            raise RuntimeFailure(f"cannot open storage {shown}: {message}") from None
+        return _open_database(location, shown)
     path = Path(location)
     if not path.exists() and not create:
         raise BadInput(f"no studies here: {shown} does not exist (run 'hpsearch grid' first, or pass --storage)")

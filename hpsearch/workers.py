@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import pickle
 import secrets
@@ -30,9 +31,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -245,6 +246,9 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
 
     spec, store, _ = prepare_study(spec)  # settings checked once, before any worker starts
     already, _, failed_before = _counts(store, spec.study)
+    # Populations no larger than a fair share, so that every worker gets some of the work.
+    left = len(spec.space.grid()) - already if spec.command == "grid" else (spec.trials or 0) - already
+    share = min(spec.max_population, max(1, math.ceil(left / spec.jobs)))
     logs = [tempfile.TemporaryFile() for _ in range(spec.jobs)]
     # The cores shared out: N workers each with every core's thread would spin against each other.
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // spec.jobs))} | dict(os.environ)
@@ -253,7 +257,7 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
         proc = subprocess.Popen([sys.executable, "-m", "hpsearch.workers"], stdin=subprocess.PIPE, env=env,
                                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         assert proc.stdin is not None
-        proc.stdin.write(pickle.dumps(replace(spec, jobs=1, device=device)))
+        proc.stdin.write(pickle.dumps(replace(spec, jobs=1, device=device, max_population=share)))
         proc.stdin.close()
         procs.append(proc)
     stopped: list[int] = []

@@ -128,3 +128,49 @@ def test_repair_says_when_there_is_nothing_to_repair(journal, tmp_path):
     assert result.exit_code == 0 and result.stdout.startswith("Nothing to repair")
     assert path.read_bytes() == journal.read_bytes()
     assert not list(tmp_path.glob("*.torn-*"))
+
+
+FAILING_TASK = '''
+import torch
+from torch import nn
+from hpsearch import Task
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(100, 5, generator=g)
+y = (x[:, 0] > 0).long()
+
+
+class Fragile(nn.Module):
+    """Trains at batch size 32; raises at batch size 16, the user's bug."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(5, 2)
+
+    def forward(self, inputs):
+        if self.training and inputs.shape[-2] == 16:
+            raise RuntimeError("boom in the user's model")
+        return self.layer(inputs)
+
+
+def make():
+    return Task("fragile", Fragile, (x[:60], y[:60]), (x[60:80], y[60:80]), (x[80:], y[80:]), 2)
+'''
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_failing_configuration_is_retried_then_reported_failed_with_its_reason(workdir, retries):
+    (workdir / "fragile.py").write_text(FAILING_TASK)
+    args = ["grid", "--task", "fragile.py:make", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "16,32",
+            "--epochs", "1", "--retries", str(retries), "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    trials = _trials("studies/hpsearch.journal", "make-grid")
+    runs = [t for t in trials if t.params["batch_size"] == 16]
+    assert len(runs) == retries + 1 and all(t.state == TrialState.FAIL for t in runs)
+    assert [t.user_attrs.get("attempt", 1) for t in runs] == list(range(1, retries + 2))
+    assert [bool(t.user_attrs.get("requeued")) for t in runs] == [True] * retries + [False]
+    assert all("boom in the user's model" in t.user_attrs["reason"] for t in runs)
+    assert [t.state for t in trials if t.params["batch_size"] == 32] == [TrialState.COMPLETE]
+    again = CliRunner().invoke(main, args)  # a configuration failed for good is not run again
+    assert again.exit_code == 0 and len(_trials("studies/hpsearch.journal", "make-grid")) == len(trials)

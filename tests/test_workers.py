@@ -6,9 +6,13 @@ once, so a round costs milliseconds to start instead of the 2 s of a fresh inter
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -52,25 +56,41 @@ def _trials(spec: StudySpec) -> list[optuna.trial.FrozenTrial]:
 
 
 def _grid_spec(storage: str, study: str) -> StudySpec:
-    # 30 points (5 x 3 x 2); populations of 4 so that a kill lands between and inside populations
+    # 30 points (5 x 3 x 2); populations of 2 so that a kill lands between and inside populations
     spec = build_spec("grid", lr="1e-3:1e-1:5", weight_decay="0,1e-5,1e-4", batch_size="32,64", epochs=1,
                       study=study, storage=storage, device="cpu")
-    return replace(spec, max_population=4)
+    return replace(spec, max_population=2)
+
+
+def _reports(spec: StudySpec) -> int:
+    """Epoch reports written to the journal so far."""
+    path = spec.storage
+    return open(path, "rb").read().count(b'"intermediate_value"') if os.path.exists(path) else 0
 
 
 def _kill_rounds(ctx, spec: StudySpec, workers: int, rounds: int, seed: int) -> dict[str, object]:
     """kill -9 every worker at a random moment, ``rounds`` times, then let the workers finish."""
     rng = random.Random(seed)
     completed: dict[int, float] = {}  # trial number -> value, for every trial completed before a kill
+    total = spec.trials or len(spec.space.grid())
+    mid_study = 0  # rounds whose kill left the study unfinished
     started = time.perf_counter()
     for _ in range(rounds):
+        # a random moment in terms of progress (so it does not depend on the machine's speed): after
+        # 0 to 2 populations' more epoch reports, then 0-20 ms more (in a write, a step, an ask)
+        target = _reports(spec) + rng.randint(0, 2 * spec.max_population)
         procs = _start(ctx, spec, workers)
-        time.sleep(rng.uniform(0.0, 1.2))
+        deadline = time.perf_counter() + 10
+        while _reports(spec) < target and any(p.is_alive() for p in procs) and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.02))
         for p in procs:
             p.kill()
             p.join()
         if os.path.exists(spec.storage):
-            completed.update({t.number: t.value for t in _trials(spec) if t.state == TrialState.COMPLETE})
+            done = {t.number: t.value for t in _trials(spec) if t.state == TrialState.COMPLETE}
+            completed.update(done)
+            mid_study += len(done) < total
     stuck_before_final = sum(t.state == TrialState.RUNNING for t in _trials(spec))
     for p in _start(ctx, spec, workers):
         p.join()
@@ -83,7 +103,7 @@ def _kill_rounds(ctx, spec: StudySpec, workers: int, rounds: int, seed: int) -> 
         "stuck": sum(t.state == TrialState.RUNNING for t in trials),
         "died": sum(t.user_attrs.get("outcome") == "died" for t in trials),
         "running_after_last_kill": stuck_before_final,
-        "changed": [n for n, v in completed.items() if after.get(n) != v],
+        "changed": [n for n, v in completed.items() if after.get(n) != v], "kills_mid_study": mid_study,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -96,12 +116,24 @@ def test_kill_9_at_random_moments_leaves_every_grid_point_completed_exactly_once
     print(f"kill -9 x20, {workers} worker(s): {figures}")
     assert figures["points"] == 30 and figures["duplicates"] == 0
     assert figures["stuck"] == 0 and figures["changed"] == []
-    assert figures["died"] >= 1  # the kills did land on running trials, and were reaped
+    assert figures["died"] >= 1 and figures["kills_mid_study"] >= 5  # kills landed on running trials
+
+
+@pytest.mark.slow
+def test_kill_9_keeps_a_random_budget_across_restarts(tmp_path, forkserver):
+    spec = replace(build_spec("random", trials=40, epochs=2, study="rk", storage=str(tmp_path / "rk.journal"),
+                              device="cpu", batch_size="32:64"), max_population=4)
+    figures = _kill_rounds(forkserver, spec, workers=4, rounds=8, seed=7)
+    trials = _trials(spec)
+    print(f"kill -9 x8, 4 workers, random budget 40: {figures}")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 40 and figures["stuck"] == 0
+    assert figures["changed"] == [] and figures["duplicates"] == 0 and figures["died"] >= 1
 
 
 @pytest.mark.slow
 def test_eight_processes_share_a_random_budget_without_gaps_or_duplicates(tmp_path, forkserver):
     for repetition in range(5):
+        started = time.perf_counter()
         spec = build_spec("random", trials=400, epochs=1, study=f"r{repetition}", seed=repetition,
                           storage=str(tmp_path / "r.journal"), device="cpu", lr="1e-3:1e-1", batch_size="64:128")
         for p in _start(forkserver, spec, 8):
@@ -111,6 +143,8 @@ def test_eight_processes_share_a_random_budget_without_gaps_or_duplicates(tmp_pa
         assert sum(t.state == TrialState.COMPLETE for t in trials) == 400
         assert sorted(t.number for t in trials) == list(range(400))
         assert len({tuple(sorted(t.params.items())) for t in trials}) == 400  # seeds by trial: no repeats
+        print(f"8 processes, random budget 400, repetition {repetition}: 400/400 in {time.perf_counter() - started:.1f} s, "
+              f"{len({t.user_attrs['worker'] for t in trials})} workers took trials")
 
 
 def test_a_dead_workers_running_trial_is_failed_with_its_reason_and_queued_again(tmp_path, one_thread):
@@ -167,3 +201,54 @@ def test_four_workers_on_postgresql_run_each_of_120_grid_points_once(forkserver)
     done = Counter(tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE)
     assert len(done) == 120 and set(done.values()) == {1}
     assert len({t.user_attrs["worker"] for t in trials}) > 1  # the work was shared
+
+
+def _training(journal) -> set[int]:
+    """The trials that have reported an epoch, read from the journal's lines."""
+    if not journal.exists():
+        return set()
+    lines = journal.read_bytes().splitlines(keepends=True)
+    return {json.loads(line)["trial_id"] for line in lines if line.endswith(b"\n") and b'"intermediate_value"' in line}
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaches_every_jobs_worker_and_leaves_nothing_running(tmp_path):
+    journal = tmp_path / "c.journal"
+    command = [sys.executable, "-m", "hpsearch", "grid", "--lr", "0.1,0.01", "--weight-decay", "0,1e-4",
+               "--batch-size", "32", "--epochs", "400", "--jobs", "2", "--study", "c", "--storage", str(journal)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while len(_training(journal)) < 4:  # both workers are training their two trials
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and b"Traceback" not in err
+    assert err.decode().splitlines()[-1].startswith("Error: 2 workers stopped")
+    trials = _trials(build_spec("grid", study="c", storage=str(journal)))
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("outcome") == "interrupted"]
+    assert len(stopped) == 4 and len({t.user_attrs["worker"] for t in stopped}) == 2
+    assert sum(t.state == TrialState.WAITING for t in trials) == 4  # queued again for the next run
+    assert not list((tmp_path / ".workers").glob("*.lock"))  # both workers left cleanly
+
+
+@pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL server: .ci/run starts one and sets HPSEARCH_TEST_POSTGRES")
+def test_a_postgresql_password_appears_in_no_output(workdir, one_thread):
+    from click.testing import CliRunner
+
+    from hpsearch.cli import main
+
+    password = POSTGRES.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    study = f"pw-{os.getpid()}-{time.time_ns()}"
+    runs = [["grid", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "32", "--epochs", "1", "--study", study,
+             "--storage", POSTGRES, "--device", "cpu"],
+            ["report", study, "--storage", POSTGRES], ["report", "--storage", POSTGRES],
+            ["report", "nosuch", "--storage", POSTGRES]]
+    outputs = []
+    for args in runs:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == (2 if "nosuch" in args else 0), result.output
+        outputs.append(result.output)
+    assert not [out for out in outputs if password in out]
+    assert "***@" in outputs[0] and "***@" in outputs[3]  # the storage is named, its password hidden
