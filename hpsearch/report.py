@@ -290,6 +290,7 @@ th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #eee; text-align: right
 th { background: #f4f4f4; position: sticky; top: 0; }
 td.text, th.text { text-align: left; }
 tr.other { color: #888; }
+.scroll { overflow-x: auto; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.4em 0.8em; margin: 0.3em 0; }
 .best { font-weight: bold; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
@@ -331,14 +332,14 @@ def to_html(results: Results, frame: pd.DataFrame) -> str:
 <h1>hpsearch report: {esc(names)}</h1>
 <p class="best">{esc(best_line(frame))}</p>
 {notes}
-<h2>Ranked trials</h2>
-<table><thead><tr>{head}</tr></thead><tbody>
-{body}
-</tbody></table>
-{failures}
 <h2>Plots</h2>
 {sentences}
 {images or "<p>No trial completed: nothing to plot.</p>"}
+<h2>Ranked trials</h2>
+<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>
+{body}
+</tbody></table></div>
+{failures}
 <h2>Studies</h2><ul>{settings}</ul>
 <h2>How to read the diagnosis</h2><dl>{rules}</dl>
 </body></html>

@@ -189,7 +189,8 @@ RISING = 0.05  # the last validation loss is 5% above its lowest, reached two or
 
 
 DIAGNOSIS_RULES = (  # the first that holds; shown in the HTML report and the README
-    ("failed: REASON, diverged at epoch E, pruned at epoch E", "the trial did not finish."),
+    ("diverged at epoch E, pruned at epoch E, failed: REASON",
+     "the trial did not finish (likewise out_of_memory, died, interrupted)."),
     ("too short", "a single epoch is not a curve."),
     ("not learning", ("the training loss fell by less than 1% from the first epoch to the last: the learning "
                       "rate is far too low, or so high that the ReLUs died (accuracy at chance, loss flat).")),
@@ -204,12 +205,10 @@ DIAGNOSIS_RULES = (  # the first that holds; shown in the HTML report and the RE
 def diagnose(outcome: str, train_loss: Sequence[float], val_loss: Sequence[float],
              stopped_epoch: int | None = None, reason: str = "") -> str:
     """What a trial's curves say: the first of DIAGNOSIS_RULES that holds."""
-    if outcome == "failed":
-        return f"failed: {reason}" if reason else "failed"
     if outcome in ("diverged", "pruned"):
         return f"{outcome} at epoch {stopped_epoch}" if stopped_epoch is not None else outcome
-    if outcome != "completed":
-        return outcome
+    if outcome != "completed":  # failed, out_of_memory, died, interrupted: the reason says why
+        return f"{outcome}: {reason}" if reason else outcome
     if min(len(train_loss), len(val_loss)) < 2:
         return "too short"
     first, before, last = train_loss[0], train_loss[-2], train_loss[-1]

@@ -47,6 +47,7 @@ def test_diagnosis_of_trials_that_did_not_finish():
     assert diagnose("pruned", [2.3, 2.0], [2.2, 2.1], stopped_epoch=2) == "pruned at epoch 2"
     assert diagnose("failed", [], [], reason="CUDA out of memory") == "failed: CUDA out of memory"
     assert diagnose("interrupted", [], []) == "interrupted"
+    assert diagnose("out_of_memory", [], [], reason="batch size 4096") == "out_of_memory: batch size 4096"
 
 
 # --- edges, distance to the best, phase ---
