@@ -79,8 +79,9 @@ def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None,
 
 
 def failure_lines(frame: pd.DataFrame, most: int = 5) -> list[str]:
-    """One line per failed trial with its reason (diverged and pruned ones explain themselves)."""
-    failed = frame[frame["outcome"] == "failed"]
+    """One line per failed trial with its reason (diverged and pruned ones explain themselves, and died or
+    interrupted ones were queued again)."""
+    failed = frame[frame["outcome"].isin(["failed", "out_of_memory"])]
     lines = [f"trial {r.trial} failed: {r.reason}" for r in failed.head(most).itertuples()]
     if len(failed) > most:
         lines.append(f"... and {len(failed) - most} more failed trials (hpsearch report --format csv has every reason)")

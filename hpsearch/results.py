@@ -19,7 +19,7 @@ COLUMNS = [
     "phase", "delta", "diagnosis", "edges",  # added after the first release: new CSV columns go last
 ]
 METRICS = ["val_accuracy", "val_loss", "train_loss"]
-_LAST = ["pruned", "diverged", "failed", "interrupted", "running"]  # the order of rows without a result
+_LAST = ["pruned", "diverged", "failed", "out_of_memory", "died", "interrupted", "running"]  # the order of rows without a result
 _OUTCOME = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "diverged", TrialState.FAIL: "failed",
             TrialState.RUNNING: "running"}
 

@@ -174,3 +174,48 @@ def test_a_failing_configuration_is_retried_then_reported_failed_with_its_reason
     assert [t.state for t in trials if t.params["batch_size"] == 32] == [TrialState.COMPLETE]
     again = CliRunner().invoke(main, args)  # a configuration failed for good is not run again
     assert again.exit_code == 0 and len(_trials("studies/hpsearch.journal", "make-grid")) == len(trials)
+
+
+GREEDY_TASK = '''
+import torch
+from torch import nn
+from hpsearch import Task
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(200, 5, generator=g)
+y = (x[:, 0] > 0).long()
+
+
+class Greedy(nn.Module):
+    """Fits in memory at batch size 32; at batch size 64 the device runs out, as a GPU would."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(5, 2)
+
+    def forward(self, inputs):
+        if self.training and inputs.shape[-2] == 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return self.layer(inputs)
+
+
+def make():
+    return Task("greedy", Greedy, (x[:120], y[:120]), (x[120:160], y[120:160]), (x[160:], y[160:]), 2)
+'''
+
+
+def test_out_of_memory_splits_the_population_then_records_each_configuration_and_goes_on(workdir):
+    (workdir / "greedy.py").write_text(GREEDY_TASK)
+    args = ["grid", "--task", "greedy.py:make", "--lr", "0.1,0.01,0.001", "--weight-decay", "0",
+            "--batch-size", "32,64", "--epochs", "1", "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    trials = _trials("studies/hpsearch.journal", "make-grid")
+    big = [t for t in trials if t.params["batch_size"] == 64]
+    # the population of three was split until each configuration was tried alone: each one is recorded
+    assert len(big) == 3 and all(t.state == TrialState.FAIL for t in big)
+    assert all(t.user_attrs["outcome"] == "out_of_memory" for t in big)
+    assert all(t.user_attrs["reason"] == "out of memory at batch size 64 (cpu)" for t in big)
+    assert [t.state for t in trials if t.params["batch_size"] == 32] == [TrialState.COMPLETE] * 3  # the search went on
+    report = CliRunner().invoke(main, ["report", "make-grid"])
+    assert report.exit_code == 0 and "out of memory at batch size 64" in report.output
