@@ -135,3 +135,17 @@ def test_random_and_tpe_prune_too(workdir):
         states = Counter(t.state for t in load(command).trials)
         assert states[TrialState.PRUNED] >= 1 and states[TrialState.COMPLETE] >= 1
         assert sum(states.values()) == 16
+
+
+def test_tpe_does_not_train_a_configuration_twice_on_comma_lists():
+    # A configuration's result depends only on its values and --seed: a repeat would teach TPE nothing.
+    from hpsearch.search import _TrialSeededTPE
+
+    xs, ys = [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5]
+    study = optuna.create_study(direction="maximize", sampler=_TrialSeededTPE(0))
+    study.optimize(lambda t: -(t.suggest_categorical("x", xs) - 3) ** 2 - (t.suggest_categorical("y", ys) - 1) ** 2,
+                   n_trials=40)
+    points = [(t.params["x"], t.params["y"]) for t in study.trials]
+    for i in range(10, len(points)):  # after the random start-up trials, TPE's own picks
+        assert points[i] not in points[:i], f"trial {i} repeats {points[i]}"
+    assert (3, 1) in points
