@@ -84,6 +84,10 @@ def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
+# (params, x, y) -> (member losses, gradients): what member_losses and torch.autograd.grad would give.
+Grads = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]
+
+
 @dataclass
 class _Batched:
     """A population's parameters as leaf tensors (P, ...) in the trainer's layout, and how to use them.
@@ -97,9 +101,7 @@ class _Batched:
     export: Callable[[list[torch.Tensor]], dict[str, torch.Tensor]]
     train: Callable[[bool], object] = lambda mode: None  # training / evaluation mode of the modules
     keep: Callable[[torch.Tensor], None] = lambda rows: None  # drop the buffers of members that left
-    # Hand-written (losses, gradients) for a training batch, as member_losses and autograd would give;
-    # None: the trainer calls torch.autograd.grad.
-    grads: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]] | None = None
+    grads: Grads | None = None  # written by hand; None: the trainer calls torch.autograd.grad
 
 
 def _fused_mlp(models: list[nn.Module], device: torch.device, kind: str) -> _Batched | None:
@@ -154,7 +156,7 @@ def _fused_mlp(models: list[nn.Module], device: torch.device, kind: str) -> _Bat
     return _Batched(params, forward, export, grads=_mlp_grads(layers, kind))
 
 
-def _mlp_grads(layers: list[str | None], kind: str) -> Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]:
+def _mlp_grads(layers: list[str | None], kind: str) -> Grads:
     """``grads(params, x, y)`` for the fused MLP: member_losses and their gradients, without autograd.
 
     x (P, B, in), y per member; the backward is the chain rule layer by layer, bmm calls whose
@@ -196,7 +198,7 @@ def _mlp_grads(layers: list[str | None], kind: str) -> Callable[..., tuple[torch
                 logp = h - h.logsumexp(-1, keepdim=True)  # a third of log_softmax's time over 10 classes
                 target = y.unsqueeze(2)
                 losses = logp.gather(2, target).sum((1, 2)).mul_(-1.0 / batch)
-                d = logp.exp_().scatter_add_(2, target, _minus_ones(logp, target)).mul_(1.0 / batch)
+                d = logp.exp_().scatter_add_(2, target, torch.full_like(target, -1, dtype=logp.dtype)).mul_(1.0 / batch)
             for j in range(len(layers) - 1, first - 1, -1):
                 if layers[j] is None:  # ReLU, in place: a tenth of the time of d.mul_(output > 0)
                     torch.ops.aten.threshold_backward.grad_input(d, inputs[j], 0, grad_input=d)
@@ -209,10 +211,6 @@ def _mlp_grads(layers: list[str | None], kind: str) -> Callable[..., tuple[torch
         return losses, grad_buffers
 
     return grads
-
-
-def _minus_ones(like: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return torch.full(index.shape, -1.0, dtype=like.dtype, device=like.device)
 
 
 def _vmapped(models: list[nn.Module], device: torch.device, probe: torch.Tensor) -> _Batched | None:
