@@ -9,7 +9,7 @@ from torch import nn
 from hpsearch.errors import BadInput
 from hpsearch.spec import make_config
 from hpsearch.tasks import Task
-from hpsearch.train import EpochReport, resolve_device, train_population
+from hpsearch.train import EpochReport, _fused_mlp, member_losses, resolve_device, train_population
 
 TOL = 1e-5  # batched and unbatched matmuls may round differently (DESIGN.md)
 
@@ -141,3 +141,26 @@ def test_the_fused_mlp_path_equals_the_vmap_path(digits):
     for a, b in zip(fused, general):
         assert close(a.params, {k.removeprefix("net."): v for k, v in b.params.items()}) < TOL
         assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=TOL)
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_the_fused_mlps_hand_written_gradients_equal_autograds(kind):
+    """Several layers, a ReLU first and last too, members with different weights and data."""
+    torch.manual_seed(0)
+    outputs = 5 if kind == "classification" else 3
+
+    def model():
+        return nn.Sequential(nn.ReLU(), nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 11), nn.ReLU(),
+                             nn.Linear(11, 8), nn.ReLU(), nn.Linear(8, outputs), nn.ReLU())
+
+    batched = _fused_mlp([model() for _ in range(4)], torch.device("cpu"), kind)
+    for batch in (6, 2):  # a short last batch takes buffers of its own
+        x = torch.randn(4, batch, 7)
+        y = torch.randint(0, outputs, (4, batch)) if kind == "classification" else torch.randn(4, batch, outputs)
+        params = [p.clone().requires_grad_() for p in batched.params]
+        losses = member_losses(kind, batched.forward(params, x), y)
+        want = torch.autograd.grad(losses.sum(), params)
+        got_losses, got = batched.grads(batched.params, x, y)
+        assert float((got_losses - losses.detach()).abs().max()) < TOL
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and float((g - w).abs().max()) < TOL
