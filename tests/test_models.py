@@ -110,22 +110,12 @@ def linear_model() -> nn.Module:
     return nn.Linear(6, 1)
 
 
-def test_regression_trains_with_mean_squared_error_and_has_no_accuracy():
+def test_regression_trains_with_mean_squared_error_and_has_no_accuracy(torch_sgd):
     config = configs()[2]
-    ours = train_population(task(linear_model, regression=True), [config], 2)[0]
+    regression = task(linear_model, regression=True)
+    ours = train_population(regression, [config], 2)[0]
     assert ours.val_accuracy == [] and len(ours.val_loss) == 2 and ours.val_loss[1] < ours.val_loss[0]
-    torch.manual_seed(config.seed)
-    model = linear_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    order = torch.Generator().manual_seed(config.seed)
-    x, y = task(linear_model, regression=True).train
-    for _ in range(2):
-        perm = torch.randperm(len(x), generator=order)
-        for start in range(0, len(x), config.batch_size):
-            index = perm[start:start + config.batch_size]
-            optimizer.zero_grad()
-            nn.functional.mse_loss(model(x[index]), y[index]).backward()
-            optimizer.step()
+    model = torch_sgd(linear_model, *regression.train, config, 2, nn.functional.mse_loss)
     assert close(dict(model.named_parameters()), ours.params) < TOL
 
 

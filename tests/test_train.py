@@ -33,23 +33,11 @@ def test_a_member_equals_the_same_configuration_trained_alone(digits):
             assert getattr(population[i], key) == pytest.approx(getattr(alone, key), abs=TOL)
 
 
-def test_a_population_of_one_is_torch_sgd(digits):
+def test_a_population_of_one_is_torch_sgd(digits, torch_sgd):
     """Same semantics as torch.optim.SGD: coupled weight decay, momentum, no dampening or Nesterov."""
     config = configs()[3]  # lr 0.1, weight decay 0, momentum 0.9
     ours = train_population(digits, [config], epochs=2)[0]
-    torch.manual_seed(config.seed)
-    model = digits.make_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    order = torch.Generator().manual_seed(config.seed)
-    x, y = digits.train
-    for _ in range(2):
-        perm = torch.randperm(len(x), generator=order)
-        for start in range(0, len(x), config.batch_size):
-            index = perm[start:start + config.batch_size]
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[index]), y[index]).backward()
-            optimizer.step()
+    model = torch_sgd(digits.make_model, *digits.train, config, 2, nn.functional.cross_entropy)
     assert close(dict(model.named_parameters()), ours.params) < TOL
 
 
