@@ -130,32 +130,36 @@ def test_repair_says_when_there_is_nothing_to_repair(journal, tmp_path):
     assert not list(tmp_path.glob("*.torn-*"))
 
 
-FAILING_TASK = '''
+def _raising_task(batch_size: int, error: str) -> str:
+    """A plug-in task file whose model trains, except at ``batch_size``, where its forward raises ``error``."""
+    return f'''
 import torch
 from torch import nn
 from hpsearch import Task
 
 g = torch.Generator().manual_seed(0)
-x = torch.randn(100, 5, generator=g)
+x = torch.randn(200, 5, generator=g)
 y = (x[:, 0] > 0).long()
 
 
-class Fragile(nn.Module):
-    """Trains at batch size 32; raises at batch size 16, the user's bug."""
-
+class Raising(nn.Module):
     def __init__(self):
         super().__init__()
         self.layer = nn.Linear(5, 2)
 
     def forward(self, inputs):
-        if self.training and inputs.shape[-2] == 16:
-            raise RuntimeError("boom in the user's model")
+        if self.training and inputs.shape[-2] == {batch_size}:
+            raise {error}
         return self.layer(inputs)
 
 
 def make():
-    return Task("fragile", Fragile, (x[:60], y[:60]), (x[60:80], y[60:80]), (x[80:], y[80:]), 2)
+    return Task("raising", Raising, (x[:120], y[:120]), (x[120:160], y[120:160]), (x[160:], y[160:]), 2)
 '''
+
+
+# the user's bug at batch size 16; batch size 32 trains
+FAILING_TASK = _raising_task(16, 'RuntimeError("boom in the user\'s model")')
 
 
 @pytest.mark.parametrize("retries", [0, 2])
@@ -176,32 +180,8 @@ def test_a_failing_configuration_is_retried_then_reported_failed_with_its_reason
     assert again.exit_code == 0 and len(_trials("studies/hpsearch.journal", "make-grid")) == len(trials)
 
 
-GREEDY_TASK = '''
-import torch
-from torch import nn
-from hpsearch import Task
-
-g = torch.Generator().manual_seed(0)
-x = torch.randn(200, 5, generator=g)
-y = (x[:, 0] > 0).long()
-
-
-class Greedy(nn.Module):
-    """Fits in memory at batch size 32; at batch size 64 the device runs out, as a GPU would."""
-
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(5, 2)
-
-    def forward(self, inputs):
-        if self.training and inputs.shape[-2] == 64:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return self.layer(inputs)
-
-
-def make():
-    return Task("greedy", Greedy, (x[:120], y[:120]), (x[120:160], y[120:160]), (x[160:], y[160:]), 2)
-'''
+# at batch size 64 the device runs out of memory, as a GPU would; batch size 32 fits
+GREEDY_TASK = _raising_task(64, 'torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")')
 
 
 def test_out_of_memory_splits_the_population_then_records_each_configuration_and_goes_on(workdir):
