@@ -489,12 +489,13 @@ def _write_plots(results: Any, folder: Path) -> None:  # a results.Results
 @main.command()
 @click.option("--storage", metavar="PATH", help="The journal file to repair. [default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
 def repair(storage: str | None) -> None:
-    """Repair a journal whose last record was torn (a writer killed mid-write, a power cut).
+    """Repair a journal with torn records (a writer killed mid-write, a power cut).
 
     \b
-    Keeps every complete record, drops the torn one (and anything written after it), and
+    Keeps every complete record, before and after a torn one, drops only the torn ones, and
     keeps the original beside it as JOURNAL.torn-DATE. Trials that were running are then
-    failed and queued again by the next search.
+    failed and queued again by the next search. A file that is not an Optuna journal is
+    refused and left as it is; when a step fails (a full disk), nothing is changed.
 
     \b
     Example:
@@ -506,4 +507,6 @@ def repair(storage: str | None) -> None:
     if done.backup is None:
         click.echo(f"Nothing to repair: all {done.kept} records are complete.")
     else:
-        click.echo(f"Kept {done.kept} complete records, dropped {done.dropped} torn; the original is {done.backup}.")
+        lines = ", ".join(map(str, done.torn))
+        click.echo(f"Kept {done.kept} complete records, dropped {done.dropped} torn (line{'s' * (done.dropped > 1)} "
+                   f"{lines}); the original is {done.backup}.")
