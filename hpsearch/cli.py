@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +32,9 @@ class Cli(click.Group):
             _fail(f"{error.format_message()} (see '{where} --help')", 2)
         except click.ClickException as error:
             _fail(error.format_message(), error.exit_code)
-        except click.Abort:
-            _fail("interrupted", 130)
+        except click.Abort as error:  # Ctrl-C, or SIGTERM while waiting for a lock (hpsearch.journal)
+            terminated = getattr(error.__cause__, "signum", None) == signal.SIGTERM
+            _fail("interrupted", 143 if terminated else 130)
         except HpsearchError as error:
             _fail(str(error), error.exit_code)
         except Exception as error:  # a bug, not a user's mistake: one line, the traceback on request

@@ -104,7 +104,8 @@ def classify(line: bytes) -> Line:
     try:
         record = json.loads(line)
     except ValueError:  # UnicodeDecodeError included
-        if line.startswith(RECORD_START) or (not line.endswith(b"\n") and RECORD_START.startswith(line)):
+        text = line.removesuffix(b"\n")
+        if text and (text.startswith(RECORD_START) or RECORD_START.startswith(text)):
             return Line(torn=True)
         return Line(problem="an empty line" if line.strip() == b"" else "not JSON")
     problem = _record_problem(record)
