@@ -274,6 +274,9 @@ class JournalLock:
             return False
         try:
             os.write(fd, MARK + f" {os.getpid()}\n".encode())
+        except BaseException:
+            os.unlink(self.optuna_path)  # an unmarked lock file would pass for a live plain writer's
+            raise
         finally:
             os.close(fd)
         return True
@@ -405,12 +408,16 @@ class JournalFile(BaseJournalBackend):
                 if self._depth == 0:
                     self._close()
 
+    def _cannot_write(self, error: OSError) -> RuntimeFailure:
+        if error.errno in FULL:
+            return write_error(error, self.shown)
+        return RuntimeFailure(f"cannot write the journal {self.shown}: {error.strerror}; choose another --storage")
+
     def _open(self) -> None:
         try:
             self.lock.acquire()
         except OSError as error:
-            raise RuntimeFailure(f"cannot write the journal {self.shown}: {error.strerror}; "
-                                 "choose another --storage") from None
+            raise self._cannot_write(error) from None
         try:
             if is_torn(self.path, self.shown):  # never append after a torn record
                 raise RuntimeFailure(torn_message(self.shown))
@@ -418,8 +425,7 @@ class JournalFile(BaseJournalBackend):
             self._touched = time.monotonic()
         except OSError as error:
             self.lock.release()
-            raise RuntimeFailure(f"cannot write the journal {self.shown}: {error.strerror}; "
-                                 "choose another --storage") from None
+            raise self._cannot_write(error) from None
         except BaseException:
             self.lock.release()
             raise

@@ -295,3 +295,25 @@ def test_a_writer_waiting_for_the_lock_says_so_and_can_be_stopped(workdir, then,
         assert "Study g: best first" in out
     else:
         assert err.strip() == "Error: interrupted" and path.read_bytes() == before  # nothing written
+
+
+DISK_FULL = ('mount -t tmpfs -o size=64k tmpfs "$0" && cp "$1" "$0/j.journal" && py="$2" && shift 2 && '
+             '(head -c 1M /dev/zero > "$0/filler"; true) && '
+             '"$py" -m hpsearch "$@" --storage "$0/j.journal"; echo "rc=$?"; rm "$0/filler"; '
+             '"$py" -m hpsearch "$@" --storage "$0/j.journal"; echo "rc=$?"')
+
+
+def test_a_full_disk_says_so_keeps_the_results_and_the_same_command_works_once_there_is_room(tmp_path):
+    journal = tmp_path / "j.journal"
+    _write_plain_journal(journal, trials=3)
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("needs a mount namespace for a small full disk")
+    command = ["unshare", "-m", "sh", "-c", DISK_FULL, str(folder), str(journal), sys.executable, "grid", *GRID]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV)
+    full, freed = result.stdout.split("rc=1\n")
+    assert full == "" and freed.rstrip().endswith("rc=0") and "Study g: best first" in freed, result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == [
+        f"Error: the disk is full: cannot write the journal {folder}/j.journal; the results so far are kept in it: "
+        "free some space, then re-run the same command"], result.stderr
