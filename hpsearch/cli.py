@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +32,9 @@ class Cli(click.Group):
             _fail(f"{error.format_message()} (see '{where} --help')", 2)
         except click.ClickException as error:
             _fail(error.format_message(), error.exit_code)
-        except click.Abort:
-            _fail("interrupted", 130)
+        except click.Abort as error:  # Ctrl-C, or SIGTERM while waiting for a lock (hpsearch.journal)
+            terminated = getattr(error.__cause__, "signum", None) == signal.SIGTERM
+            _fail("interrupted", 143 if terminated else 130)
         except HpsearchError as error:
             _fail(str(error), error.exit_code)
         except Exception as error:  # a bug, not a user's mistake: one line, the traceback on request
@@ -489,12 +491,13 @@ def _write_plots(results: Any, folder: Path) -> None:  # a results.Results
 @main.command()
 @click.option("--storage", metavar="PATH", help="The journal file to repair. [default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
 def repair(storage: str | None) -> None:
-    """Repair a journal whose last record was torn (a writer killed mid-write, a power cut).
+    """Repair a journal with torn records (a writer killed mid-write, a power cut).
 
     \b
-    Keeps every complete record, drops the torn one (and anything written after it), and
+    Keeps every complete record, before and after a torn one, drops only the torn ones, and
     keeps the original beside it as JOURNAL.torn-DATE. Trials that were running are then
-    failed and queued again by the next search.
+    failed and queued again by the next search. A file that is not an Optuna journal is
+    refused and left as it is; when a step fails (a full disk), nothing is changed.
 
     \b
     Example:
@@ -506,4 +509,6 @@ def repair(storage: str | None) -> None:
     if done.backup is None:
         click.echo(f"Nothing to repair: all {done.kept} records are complete.")
     else:
-        click.echo(f"Kept {done.kept} complete records, dropped {done.dropped} torn; the original is {done.backup}.")
+        lines = ", ".join(map(str, done.torn))
+        click.echo(f"Kept {done.kept} complete records, dropped {done.dropped} torn (line{'s' * (done.dropped > 1)} "
+                   f"{lines}); the original is {done.backup}.")

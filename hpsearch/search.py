@@ -35,7 +35,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from hpsearch.errors import BadInput, Interrupted, RuntimeFailure
+from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
 from hpsearch.storage import Store, open_storage
 from hpsearch.workers import (ATTEMPT_ATTR, HEARTBEAT_ATTR, REQUEUED_ATTR, Heartbeat, Worker, fail, lock_folder,
@@ -548,6 +548,8 @@ def prepare_study(spec: StudySpec) -> tuple[StudySpec, Store, optuna.Study]:
     try:
         study = optuna.create_study(storage=store.storage, study_name=spec.study, direction=direction,
                                     load_if_exists=True, pruner=_pruner(spec))
+    except HpsearchError:  # already one line for a person (a torn journal, a full disk)
+        raise
     except Exception as error:  # storage errors: one line, password hidden
         raise RuntimeFailure(f"cannot open study '{spec.study}' in {shown}: {type(error).__name__}") from None
     if study.direction != direction:
