@@ -64,10 +64,10 @@ class Source:
     target: str | None = None  # a CSV's label column
 
     def inputs(self, split: str) -> str:
-        return {"npz": f"x_{split}", "csv": "the feature columns"}.get(self.form, f"the {split} inputs")
+        return {"npz": f"x_{split}", "csv": "the feature columns"}.get(self.form, f"Task.{split}[0]")
 
     def targets(self, split: str) -> str:
-        return {"npz": f"y_{split}", "csv": f"column '{self.target}'"}.get(self.form, f"the {split} targets")
+        return {"npz": f"y_{split}", "csv": f"column '{self.target}'"}.get(self.form, f"Task.{split}[1]")
 
     def rows(self, index: Sequence[int]) -> str:
         """Rows as the user finds them: a CSV's line numbers (the header is line 1), else array indices."""
