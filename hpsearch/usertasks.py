@@ -260,12 +260,8 @@ def _checked(task: Task, source: Source) -> Task:
     if not isinstance(model, nn.Module):
         raise BadInput(f"{where}: make_model() returned {type(model).__name__}, not a torch.nn.Module")
     x = splits["train"][0][:2]
-    try:
-        with torch.no_grad():
-            out = model.eval()(x)
-    except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
-        raise BadInput(f"{where}: the model fails on 2 training inputs of shape {tuple(x.shape)}: "
-                       f"{_first_line(error)}") from None
+    with torch.no_grad():
+        out = _user_code(lambda: model.eval()(x), f"{where}: the model, on 2 training inputs of shape {tuple(x.shape)},")
     wanted = (len(x), task.num_classes)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
