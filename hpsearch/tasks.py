@@ -45,8 +45,9 @@ class Task:
     make_model   called with no arguments, returns a fresh ``nn.Module`` (hpsearch seeds the
                  random generator before each call, so each configuration's initialisation is
                  reproducible); it maps a batch of inputs (B, ...) to outputs (B, num_classes)
-    train        (inputs, targets): inputs float32 of shape (N, ...); targets int64 of shape (N,)
-                 in [0, num_classes) for classification, float32 of shape (N,) or
+    train        (inputs, targets): inputs float32 of shape (N, features, ...), finite; targets
+                 int64 of shape (N,) in [0, num_classes) for classification (at least two classes
+                 present; booleans are classes 0 and 1), float32 of shape (N,) or
                  (N, num_classes) for regression
     val          the same for the validation split the search ranks on; None: hpsearch carves a
                  validation split (20%, stratified for classification, seed 0) out of ``train``
@@ -56,7 +57,8 @@ class Task:
     kind         "classification" (cross-entropy; objective: validation accuracy, maximised) or
                  "regression" (mean squared error; objective: validation loss, minimised)
 
-    ``load_task`` checks a task and fills in missing splits; the trainer needs all three.
+    ``load_task`` checks a task and fills in missing splits; the trainer needs all three, each
+    of at least 2 rows (usertasks.MIN_ROWS).
     """
 
     name: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from hpsearch.cli import main
@@ -72,16 +73,42 @@ BROKEN = {
     "function missing": (GOOD.replace("def make", "def other"), "has no function 'make' (it defines: model, other, train_only)"),
     "wrong return type": (HEADER + "def make():\n    return (model, x, y)\n", "returned tuple, not an hpsearch.Task"),
     "lengths differ": (HEADER + "def make():\n    return Task('t', model, (x, y[:90]), None, None, 2)\n",
-                       "train has 100 inputs but 90 targets"),
+                       "Task.train[0] and Task.train[1] differ in length (100 and 90); give one target per input"),
     "labels out of range": (HEADER + "def make():\n    return Task('t', model, (x, y + 1), None, None, 2)\n",
-                            "train labels must be in [0, 2) for 2 classes; found 2"),
+                            "Task.train[1] must hold class labels 0..1 for 2 classes; found 2"),
     "NaN inputs": (HEADER + "def make():\n    x[3, 1] = float('nan')\n    return Task('t', model, (x, y), None, None, 2)\n",
-                   "train inputs contain NaN or infinite values"),
+                   "Task.train[0] has NaN or infinite values at index 3; fill them in or drop those rows"),
     "output size": (HEADER + "def make():\n    return Task('t', model, (x, y), None, None, 3)\n",
                     "the model's output for 2 inputs is (2, 2), but the task has 3 classes: it must be (2, 3)"),
-    "import error": ("import not_a_module_anywhere\n", "cannot import task file"),
+    "import error": ("import not_a_module_anywhere\n", "import_error.py raised ModuleNotFoundError: No module named 'not_a_module_anywhere' while being imported"),
     "raises": (HEADER + "def make():\n    raise OSError('data.bin is missing')\n",
                "raised OSError: data.bin is missing"),
+    "exits 0 on import": ("import sys\nsys.exit(0)\n",
+                          "exits_0_on_import.py called sys.exit(0) while being imported; a task must return its Task"),
+    "exits 3 on import": ("import sys\nsys.exit(3)\n", "exits_3_on_import.py called sys.exit(3) while being imported"),
+    "raises SystemExit": ("raise SystemExit('no data here')\n", "called sys.exit('no data here') while being imported"),
+    "exits when called": ("import sys\ndef make():\n    sys.exit(4)\n", "task function {folder}/exits_when_called.py:make called sys.exit(4)"),
+    "make_model exits": (HEADER + "import sys\ndef make():\n    return Task('t', lambda: sys.exit(5), (x, y), None, None, 2)\n",
+                         "make_model() called sys.exit(5)"),
+    "the model fails": (HEADER + "def make():\n    return Task('t', lambda: nn.Linear(4, 2), (x, y), None, None, 2)\n",
+                        "the model, on 2 training inputs of shape (2, 5), raised RuntimeError: mat1 and mat2 shapes"),
+    "the model exits": (HEADER + "import sys\nclass Quits(nn.Module):\n    def forward(self, x):\n        sys.exit(6)\n"
+                        "def make():\n    return Task('t', Quits, (x, y), None, None, 2)\n",
+                        "the model, on 2 training inputs of shape (2, 5), called sys.exit(6)"),
+    "a class": ("class make:\n    pass\n", "make_class.py:make is a class: name a function defined as def make(): ..."),
+    "a value": ("make = 3\n", "a_value.py:make is a value of type int"),
+    "arguments": (HEADER + "def make(size):\n    return Task('t', model, (x, y), None, None, 2)\n",
+                  "takes arguments (hpsearch calls it with none)"),
+    "returns text": ("def make():\n    return 'toy'\n", "returned str, not an hpsearch.Task"),
+    "one class": (HEADER + "def make():\n    return Task('t', model, (x, y * 0), None, None, 2)\n",
+                  "only one class in the labels of Task.train[1]: nothing to learn"),
+    "float labels": (HEADER + "def make():\n    return Task('t', model, (x, y.float()), None, None, 2)\n",
+                     "Task.train[1] must hold integer class labels, not torch.float32 (use .long())"),
+    "1-D inputs": (HEADER + "def make():\n    return Task('t', model, (x[:, 0], y), None, None, 2)\n",
+                   "Task.train[0] has shape (100,); inputs need a shape (N, features, ...)"),
+    "too few rows": (HEADER + "def make():\n    return Task('t', model, (x[:6], y[:6]), None, None, 2)\n",
+                     "after carving 20% for each missing split (training 4, validation 0, test 2); each split needs "
+                     "at least 2: add rows or return the val and test splits in the Task"),
 }
 
 
@@ -89,11 +116,35 @@ BROKEN = {
 def test_a_bad_plugin_is_one_line_and_exit_2(workdir, case):
     text, message = BROKEN[case]
     ref = (str(workdir / "nowhere.py") if text is None else write(workdir, text, f"{case.replace(' ', '_')}.py")) + ":make"
+    if case == "a class":  # a file named make.py would be the task
+        ref = write(workdir, text, "make_class.py") + ":make"
     result = grid("--task", ref)
     assert result.exit_code == 2, result.output
-    assert message.format(folder=workdir) in result.stderr
+    assert message.format(folder=workdir) in result.stderr, result.stderr
     assert result.stderr.startswith("Error: ") and result.stderr.strip().count("\n") == 0
     assert not (workdir / "studies").exists()  # nothing written for a task that cannot load
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("builtins:exit", "builtins:exit is a value of type Quitter: name a function"),
+    ("os:getcwd", "os:getcwd is a built-in function"),
+    ("math:pi", "math:pi is a value of type float"),
+    ("collections:OrderedDict", "collections:OrderedDict is a class"),
+    ("posixpath:join", "posixpath:join takes arguments"),
+    ("tempfile:gettempdir", "task function tempfile:gettempdir returned str, not an hpsearch.Task"),
+])
+def test_a_module_attribute_that_is_no_task_function_is_one_line(workdir, ref, message):
+    """Refused before it is called, if it is no Python function (builtins:exit would exit 0)."""
+    result = grid("--task", ref)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert result.stderr.startswith("Error: ") and result.stderr.strip().count("\n") == 0
+
+
+def test_a_module_that_exits_on_import_is_one_line(workdir):
+    (workdir / "exiting_task_module.py").write_text("raise SystemExit(7)\n")
+    result = CliRunner().invoke(main, ["check", "--task", "exiting_task_module:make"])
+    assert result.exit_code == 2, result.output
+    assert "module exiting_task_module called sys.exit(7) while being imported" in result.stderr
 
 
 def test_a_missing_module_and_a_bad_reference_are_bad_input(workdir):
@@ -131,3 +182,15 @@ def test_a_task_file_may_import_its_neighbours(tmp_path):
     ref = write(tmp_path, "from toy_neighbour_model import Task, model, x, y\n\ndef make():\n"
                           "    return Task('n', model, (x, y), None, None, 2)\n") + ":make"
     assert load_task(ref).num_classes == 2
+
+
+def test_boolean_labels_of_a_task_are_classes_0_and_1(tmp_path):
+    ref = write(tmp_path, HEADER + "def make():\n    return Task('b', model, (x, y.bool()), None, None, 2)\n") + ":make"
+    task = load_task(ref)
+    assert task.train[1].dtype == torch.int64 and set(task.train[1].tolist()) == {0, 1}
+
+
+def test_ctrl_c_while_a_task_file_is_imported_stays_an_interruption(workdir):
+    """Only exits and errors of the user's code become bad input: Ctrl-C is the user's, exit 130."""
+    result = grid("--task", write(workdir, "raise KeyboardInterrupt\n") + ":make")
+    assert result.exit_code == 130 and "interrupted" in result.stderr, result.output
