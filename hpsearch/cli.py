@@ -456,9 +456,10 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
         check_report_output(output, fmt, storage)
     if plots is not None:
         check_plot_folder(plots, storage)
+    text = FORMATS[fmt](results, frame) if fmt != "table" else ""  # may refuse (toml of two studies): before any write
+    if plots is not None:
         _write_plots(results, plots)
     if fmt != "table":
-        text = FORMATS[fmt](results, frame)
         if output is None:
             click.echo(text, nl=False)
             return

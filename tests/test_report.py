@@ -270,6 +270,7 @@ HOSTILE_OUTPUTS = [  # (id, arguments after `report coarse`)
     ("plots-folder-is-a-device", ["--plots", "/dev/null"]),
     ("plots-onto-the-journal-named-like-a-plot", ["--plots", "plotsj", "--storage", "plotsj/importance.png"]),
     ("good-plots-bad-output", ["--plots", "good", "--format", "csv", "--output", "studies/hpsearch.journal"]),
+    ("good-plots-refused-format", ["fine", "--plots", "good", "--format", "toml", "--output", "fine.toml"]),
 ]
 
 
