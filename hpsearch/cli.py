@@ -22,30 +22,38 @@ REPORT_FORMATS = ("table", "csv", "markdown", "json", "html", "toml")  # each bu
 
 
 class Cli(click.Group):
-    """Turns every error into one line on stderr and an exit status: 2 usage, 1 runtime, 130 Ctrl-C."""
+    """Turns every error into one line on stderr and an exit status: 2 usage, 1 runtime, 130 Ctrl-C.
+
+    The line never shows a password: of a URL given on the command line or in $HPSEARCH_STORAGE, or of
+    any storage the command opened (a study file's), whatever echoed it (hpsearch, a driver, click).
+    """
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        urls = [str(a) for a in (sys.argv[1:] if args is None else args)] + [os.environ.get("HPSEARCH_STORAGE", "")]
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.UsageError as error:
             where = error.ctx.command_path if error.ctx else "hpsearch"
-            _fail(f"{error.format_message()} (see '{where} --help')", 2)
+            _fail(f"{error.format_message()} (see '{where} --help')", 2, urls)
         except click.ClickException as error:
-            _fail(error.format_message(), error.exit_code)
+            _fail(error.format_message(), error.exit_code, urls)
         except click.Abort as error:  # Ctrl-C, or SIGTERM while waiting for a lock (hpsearch.journal)
             terminated = getattr(error.__cause__, "signum", None) == signal.SIGTERM
-            _fail("interrupted", 143 if terminated else 130)
+            _fail("interrupted", 143 if terminated else 130, urls)
         except HpsearchError as error:
-            _fail(str(error), error.exit_code)
+            _fail(str(error), error.exit_code, urls)
         except Exception as error:  # a bug, not a user's mistake: one line, the traceback on request
             if os.environ.get("HPSEARCH_DEBUG"):
                 raise
-            _fail(f"internal error: {type(error).__name__}: {error} (set HPSEARCH_DEBUG=1 for the traceback)", 1)
+            _fail(f"internal error: {type(error).__name__}: {error} (set HPSEARCH_DEBUG=1 for the traceback)", 1, urls)
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
+def _fail(message: str, code: int, urls: list[str]) -> None:
+    """The single exit for errors: one line, scrubbed of the passwords of ``urls`` and of every storage opened."""
+    from hpsearch.redact import scrub
+
+    click.echo(f"Error: {scrub(message, urls)}", err=True)
     sys.exit(code)
 
 
@@ -434,7 +442,9 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
       hpsearch report coarse --format markdown --plots plots/
       hpsearch report coarse --format toml --output studies/coarse.toml
     """
-    from hpsearch.report import FORMATS, best_line, edge_lines, failure_lines, studies_table, table, test_lines
+    from hpsearch.plots import check_plot_folder
+    from hpsearch.report import (FORMATS, best_line, check_report_output, edge_lines, failure_lines, studies_table, table,
+                                 test_lines)
     from hpsearch.results import list_studies, read_results
 
     if not studies:
@@ -442,12 +452,16 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
         return
     results = read_results(studies, storage)
     frame = results.frame if top is None else results.frame.head(top)
-    if plots is not None:
-        _write_plots(results, plots)
     if fmt == "html" and output is None:
         output = Path(re.sub(r"[^\w.+-]+", "_", "+".join(studies)) + ".html")
+    if output is not None:  # every path checked before anything is written: never over the storage, nor a stranger's file
+        check_report_output(output, fmt, storage)
+    if plots is not None:
+        check_plot_folder(plots, storage)
+    text = FORMATS[fmt](results, frame) if fmt != "table" else ""  # may refuse (toml of two studies): before any write
+    if plots is not None:
+        _write_plots(results, plots)
     if fmt != "table":
-        text = FORMATS[fmt](results, frame)
         if output is None:
             click.echo(text, nl=False)
             return

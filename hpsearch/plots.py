@@ -12,6 +12,8 @@ from hpsearch.results import PARAMS, Results
 if TYPE_CHECKING:
     import optuna
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LOSS_CURVES, METRIC_VS_LR, IMPORTANCE = "loss_curves.png", "metric_vs_lr.png", "importance.png"  # the files written
 TOP_CURVES = 5  # loss curves of the best configurations: more lines than this are unreadable
 LABELS = {"lr": "Learning rate", "weight_decay": "Weight decay", "batch_size": "Batch size", "momentum": "Momentum"}
 
@@ -152,10 +154,10 @@ def figures(results: Results, importances: list[Importance]) -> dict[str, Any]:
     """The report's figures by file name; the importance chart only where some study has importances."""
     out = {}
     if (results.frame["outcome"] == "completed").any():
-        out["loss_curves.png"] = loss_curves(results)
-        out["metric_vs_lr.png"] = metric_vs_lr(results)
+        out[LOSS_CURVES] = loss_curves(results)
+        out[METRIC_VS_LR] = metric_vs_lr(results)
     if any(imp.shares for imp in importances):
-        out["importance.png"] = importance_chart(importances)
+        out[IMPORTANCE] = importance_chart(importances)
     return out
 
 
@@ -165,6 +167,17 @@ def png(figure: Any) -> bytes:
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     _pyplot().close(figure)
     return buffer.getvalue()
+
+
+def check_plot_folder(folder: Path, storage: str | None) -> None:
+    """Refuse (BadInput) a --plots folder where writing the plots would overwrite the storage or a file that is not a PNG."""
+    from hpsearch.errors import BadInput
+    from hpsearch.report import check_output
+
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"--plots {folder} is not a folder; give the path of a folder for the PNG files")
+    for name in (LOSS_CURVES, METRIC_VS_LR, IMPORTANCE):
+        check_output(folder / name, storage, "--plots", "a PNG plot", lambda head: head.startswith(PNG_MAGIC))
 
 
 def write_plots(results: Results, importances: list[Importance], folder: Path) -> list[Path]:

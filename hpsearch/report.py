@@ -4,6 +4,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import os
+import re
+import stat
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pandas as pd
@@ -363,3 +367,56 @@ def to_toml(results: Results, frame: pd.DataFrame) -> str:
 FORMATS: dict[str, Callable[[Results, pd.DataFrame], str]] = {
     "csv": _csv, "markdown": to_markdown, "json": to_json, "html": to_html, "toml": to_toml,
 }
+
+# How the file of each format (and the terminal table, written with --output) starts: an existing file
+# is written over only when it starts so, i.e. it is a report of that format that hpsearch wrote.
+STARTS: dict[str, re.Pattern[bytes]] = {
+    "csv": re.compile(rb"rank,study,"),
+    "markdown": re.compile(rb"\| # \| "),
+    "json": re.compile(rb'\{\s*"studies": \['),
+    "html": re.compile(rb"<!DOCTYPE html>\s*<html[^>]*><head><meta charset=\"utf-8\"><title>hpsearch report: "),
+    "toml": re.compile(rb"# Study .*, as hpsearch ran it\."),
+    "table": re.compile(rb"\s*Study .*: best first"),
+}
+
+
+def _not(what: str, head: bytes) -> str:
+    """What an existing file is, said against what was to be written there."""
+    if head.startswith(b"SQLite format 3\0"):
+        return f"an SQLite database, not {what}"
+    if re.match(rb'\s*\{\s*"op_code"\s*:', head):
+        return f"an Optuna journal, not {what}"
+    return f"not {what} written by hpsearch"
+
+
+def check_output(path: Path, storage: str | None, option: str, what: str, ours: Callable[[bytes], bool]) -> None:
+    """Refuse (BadInput) to write ``what`` at ``path`` when that would write over the storage or its lock files,
+    or over an existing file that is not ``what`` as hpsearch writes it (``ours`` tells by its first bytes).
+
+    A new file, an empty one, /dev/null or a pipe are fine. Check every output before writing any.
+    """
+    from hpsearch.storage import is_storage_file, redact, storage_location
+
+    if is_storage_file(path, storage):
+        raise BadInput(f"{option} {path} is a file of the storage {redact(storage_location(storage))}; "
+                       "writing there would destroy the studies: give another path")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # a new file (or one that cannot be reached: writing it says why)
+        return
+    if stat.S_ISDIR(mode):
+        raise BadInput(f"{option} {path} is a folder; give the path of a file")
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):  # /dev/null, /dev/stdout, a pipe: nothing kept there to lose
+        return
+    if not stat.S_ISREG(mode):
+        raise BadInput(f"{option} {path} is not a regular file; give another path")
+    with open(path, "rb") as file:
+        head = file.read(4096)
+    if head and not ours(head):
+        raise BadInput(f"{option} {path} exists and is {_not(what, head)}; hpsearch will not write over it: "
+                       "give another path (or delete the file first)")
+
+
+def check_report_output(path: Path, fmt: str, storage: str | None) -> None:
+    """``report --format FMT --output PATH``: see check_output."""
+    check_output(path, storage, "--output", f"a {fmt} report", STARTS[fmt].match)

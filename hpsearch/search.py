@@ -543,7 +543,7 @@ def prepare_study(spec: StudySpec) -> tuple[StudySpec, Store, optuna.Study]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = replace(spec, metric=_metric(spec))  # a bad plug-in or data file stops here, before any write
     direction = optuna.study.StudyDirection.MINIMIZE if spec.metric == "val_loss" else optuna.study.StudyDirection.MAXIMIZE
-    store = open_storage(spec.storage, create=True)
+    store = open_storage(spec.storage, create=True, jobs=spec.jobs)
     shown = store.shown
     try:
         study = optuna.create_study(storage=store.storage, study_name=spec.study, direction=direction,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
@@ -61,7 +62,29 @@ CASES = [
     ("repair-missing-journal", ["repair", "--storage", "missing.journal"], 2),
     ("storage-refused-with-password", ["grid", "--storage", REFUSED, "--epochs", "1"], 1),
     ("report-storage-refused-with-password", ["report", "coarse", "--storage", REFUSED], 1),
-    ("storage-unknown-driver-with-password", ["grid", "--storage", f"nodb://me:{SECRET}@127.0.0.1/db"], 1),
+    ("storage-unknown-driver-with-password", ["grid", "--storage", f"nodb://me:{SECRET}@127.0.0.1/db"], 2),
+    # the storage must be a regular file (or not exist yet), named by a non-empty path or a URL that can work
+    ("storage-empty", ["grid", "--storage", ""], 2),
+    ("storage-blank-report", ["report", "--storage", "  "], 2),
+    ("storage-dev-null", ["grid", "--storage", "/dev/null"], 2),
+    ("storage-dev-full", ["grid", "--storage", "/dev/full"], 2),
+    ("storage-dev-null-report", ["report", "coarse", "--storage", "/dev/null"], 2),
+    ("storage-trailing-slash", ["grid", "--storage", "newdir/"], 2),
+    ("storage-folder-report", ["report", "--storage", "folder"], 2),
+    ("storage-sqlite-on-a-device", ["grid", "--storage", "sqlite:////dev/full"], 2),
+    ("storage-sqlite-is-a-folder", ["grid", "--storage", "sqlite:///folder"], 2),
+    ("storage-sqlite-in-memory", ["grid", "--storage", "sqlite://"], 2),
+    ("storage-sqlite-memory-name", ["random", "--storage", "sqlite:///:memory:"], 2),
+    ("report-sqlite-missing", ["report", "--storage", "sqlite:///nowhere/x.db"], 2),
+    ("storage-unknown-scheme", ["grid", "--storage", "foo://x"], 2),
+    ("storage-driver-not-installed", ["grid", "--storage", f"sqlite+pysqlcipher://:{SECRET}@/x.db"], 2),
+    ("jobs-on-a-database-without-lock", ["grid", "--jobs", "2", "--storage", f"oracle+oracledb://me:{SECRET}@127.0.0.1:1/x"], 2),
+    # every form of password in a URL stays hidden, whoever echoes it
+    ("storage-password-with-at", ["grid", "--storage", f"postgresql://me:p@{SECRET}@127.0.0.1:1/db"], 2),
+    ("storage-password-in-query", ["report", "--storage", f"postgresql://127.0.0.1:1/db?user=me&password={SECRET}"], 1),
+    ("storage-pwd-in-query-any-case", ["grid", "--storage", f"postgresql://127.0.0.1:1/db?user=me&PWD={SECRET}"], 1),
+    ("storage-password-percent-encoded", ["grid", "--storage", f"postgresql://me:{quote(SECRET + '/?')}@127.0.0.1:1/db"], 1),
+    ("storage-user-with-at", ["report", "x", "--storage", f"postgresql://me@corp:{SECRET}@127.0.0.1:1/db"], 1),
     ("torn-journal", ["report", "coarse", "--storage", "torn.journal"], 1),
 ]
 

@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from hpsearch.cli import main
 from hpsearch.plots import importance
@@ -225,3 +226,77 @@ def test_html_report_opens_in_headless_chromium(journal, tmp_path):
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10_000
     console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console  # no JavaScript error or console message from the page
+
+
+# --- where reports and plots may be written: never over the storage, never over a stranger's file ---
+
+def _setup(folder, journal) -> None:
+    """The studies in the default journal of ``folder``, and the files the hostile cases aim at."""
+    import os
+    import sqlite3
+
+    (folder / "studies").mkdir()
+    shutil.copyfile(journal, folder / "studies" / "hpsearch.journal")
+    shutil.copyfile(journal, folder / "other.journal")
+    sqlite3.connect(folder / "k.db").execute("CREATE TABLE t (x)").connection.commit()
+    (folder / "data.csv").write_text("x,y\n1,2\n")
+    (folder / "coarse.html").write_text("<html>my own page</html>\n")
+    os.symlink("studies/hpsearch.journal", folder / "link.csv")
+    os.link(folder / "studies" / "hpsearch.journal", folder / "hard.csv")
+    for name in ("p-link", "p-stranger", "good"):
+        (folder / name).mkdir()
+    os.symlink("../studies/hpsearch.journal", folder / "p-link" / "loss_curves.png")
+    (folder / "p-stranger" / "metric_vs_lr.png").write_text("my notes\n")
+    (folder / "plotsj").mkdir()
+    shutil.copyfile(journal, folder / "plotsj" / "importance.png")  # a journal named like a plot
+
+
+HOSTILE_OUTPUTS = [  # (id, arguments after `report coarse`)
+    ("the-journal", ["--format", "csv", "--output", "studies/hpsearch.journal"]),
+    ("the-journal-through-dotdot", ["--format", "csv", "--output", "./studies/../studies/hpsearch.journal"]),
+    ("a-symlink-to-the-journal", ["--format", "json", "--output", "link.csv"]),
+    ("a-hard-link-to-the-journal", ["--format", "csv", "--output", "hard.csv"]),
+    ("the-journal-flock", ["--format", "markdown", "--output", "studies/hpsearch.journal.flock"]),
+    ("optunas-lock-file", ["--format", "csv", "--output", "studies/hpsearch.journal.lock"]),
+    ("another-journal", ["--format", "csv", "--output", "other.journal"]),
+    ("an-sqlite-database", ["--format", "toml", "--output", "k.db"]),
+    ("a-users-data-file", ["--format", "csv", "--output", "data.csv"]),
+    ("default-html-name-over-a-users-page", ["--format", "html"]),
+    ("the-table-over-a-journal", ["--output", "other.journal"]),
+    ("sqlite-storage-itself", ["--format", "csv", "--output", "k.db", "--storage", "sqlite:///k.db"]),
+    ("plots-over-a-symlink-to-the-journal", ["--plots", "p-link"]),
+    ("plots-over-a-users-file", ["--plots", "p-stranger"]),
+    ("plots-folder-is-the-journal", ["--plots", "studies/hpsearch.journal"]),
+    ("plots-folder-is-a-device", ["--plots", "/dev/null"]),
+    ("plots-onto-the-journal-named-like-a-plot", ["--plots", "plotsj", "--storage", "plotsj/importance.png"]),
+    ("good-plots-bad-output", ["--plots", "good", "--format", "csv", "--output", "studies/hpsearch.journal"]),
+    ("good-plots-refused-format", ["fine", "--plots", "good", "--format", "toml", "--output", "fine.toml"]),
+]
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<folder>")
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("args", [pytest.param(a, id=i) for i, a in HOSTILE_OUTPUTS])
+def test_a_report_or_plot_never_writes_over_the_storage_or_a_strangers_file(journal, workdir, args):
+    _setup(workdir, journal)
+    if "sqlite:///k.db" in args:  # a real SQLite storage holding the study
+        optuna.copy_study(from_study_name="coarse", from_storage=JournalStorage(JournalFileBackend(journal)),
+                          to_storage="sqlite:///k.db")
+    open_storage(args[args.index("--storage") + 1] if "--storage" in args else None, create=False)  # its lock file too
+    before = _snapshot(workdir)
+    result = run("report", "coarse", *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert _snapshot(workdir) == before  # nothing written, the plots of a good folder neither
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "markdown", "json", "html", "toml"])
+def test_a_report_writes_over_its_own_earlier_file(journal, tmp_path, fmt):
+    page, plots = tmp_path / f"r.{fmt}", tmp_path / "plots"
+    for _ in range(2):
+        result = run("report", "coarse", "--format", fmt, "--output", str(page), "--plots", str(plots), "--storage", journal)
+        assert result.exit_code == 0, result.output
+    assert page.stat().st_size > 0 and len(list(plots.iterdir())) == 3
