@@ -325,6 +325,8 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
             if progress is not None:
                 progress(_progress(_study(store, spec), spec))
             time.sleep(POLL_S)
+        if progress is not None:  # the end as stored: the workers may all have ended between two looks
+            progress(_progress(_study(store, spec), spec))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
