@@ -180,11 +180,12 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
         raise BadInput(f"{flag}: batch size ranges run over powers of two; make both ends powers of two (e.g. 16:256)")
     count = None
     if len(parts) == 3:
-        digits = parts[2].strip()
-        if not re.fullmatch(r"\d+", digits) or int(digits) < 2:
+        digits = parts[2].strip().lstrip("0") or "0"  # length first: int() refuses a string of 4,300 digits
+        if not re.fullmatch(r"\d+", digits) or (len(digits) == 1 and int(digits) < 2):
             raise BadInput(f"{flag}: the count of a range must be an integer >= 2, not '{parts[2]}'")
-        if len(digits.lstrip("0")) > len(str(MAX_RANGE_COUNT)) or int(digits) > MAX_RANGE_COUNT:
-            raise BadInput(f"{flag}: the count of a range must be at most {MAX_RANGE_COUNT:,}, not {digits}")
+        if len(digits) > len(str(MAX_RANGE_COUNT)) or int(digits) > MAX_RANGE_COUNT:
+            shown = digits if len(digits) <= 24 else f"{digits[:10]}... ({len(digits):,} digits)"
+            raise BadInput(f"{FLAGS[name]}: the count of a range must be at most {MAX_RANGE_COUNT:,}, not {shown}")
         count = int(digits)
     return Range(low, high, count)
 
