@@ -14,8 +14,8 @@ from typing import Any, Callable
 import click
 
 from hpsearch.errors import HpsearchError, Interrupted
-from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, KINDS, PRUNERS,
-                           SAMPLED_DEFAULTS)
+from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, KINDS,
+                           MAX_POINTS, PRUNERS, SAMPLED_DEFAULTS)
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
 REPORT_FORMATS = ("table", "csv", "markdown", "json", "html", "toml")  # each but table is a key of report.FORMATS
@@ -150,6 +150,8 @@ def _search_options(defaults: dict[str, str], sampled: bool) -> Callable[[Callab
                      "Workers started by hand on the same study cooperate the same way."),
         click.option("--retries", type=int, default=DEFAULT_RETRIES, show_default=True,
                      help="Re-runs of a configuration whose training raised an error, before it counts as failed."),
+        click.option("--max-points", type=int, default=MAX_POINTS, show_default=True,
+                     help="The largest grid (and counted range) to take; a larger one is refused as a likely typo."),
     ]
     if sampled:
         options.append(click.option("--trials", type=int, default=DEFAULT_TRIALS, show_default=True,
@@ -204,13 +206,20 @@ def _run(command: str, spec: Any = None, **flags: Any) -> None:  # noqa: ANN401 
         console.print(line, style="red")
     console.print(best_line(frame))
     if outcome is not None:
-        if outcome.trained == 0:
+        elsewhere = outcome.running_elsewhere
+        if outcome.trained == 0 and elsewhere:
+            console.print(f"Nothing to start: the {elsewhere} trials left of study '{spec.study}' are still running in "
+                          f"other processes ({outcome.already} finished).")
+        elif outcome.trained == 0:
             console.print(f"Nothing to train: study '{spec.study}' already has its {outcome.already} trials.")
         else:
             failed = f", {outcome.failed} failed" if outcome.failed else ""
             console.print(f"Trained {outcome.trained} trials{failed} in {seconds:.1f} s; "
-                          f"{outcome.already + outcome.trained} in study '{spec.study}' ({outcome.storage}).")
+                          f"{outcome.already + outcome.trained} in study '{spec.study}' ({outcome.storage})"
+                          + (f"; {elsewhere} more still running in other processes." if elsewhere else "."))
         console.print(f"All rows: hpsearch report {spec.study}")
+        for warning in outcome.warnings:
+            click.echo(f"Warning: {warning}", err=True)
     if interrupted is not None:
         raise interrupted
 
@@ -220,6 +229,7 @@ def _dry_run(spec: Any, listed: bool = False) -> None:  # noqa: ANN401 - a spec.
     from hpsearch.estimate import estimate_search
     from hpsearch.report import plan_lines, plan_table
 
+    spec.check_size()  # a refined spec was not built from flags
     plan, estimate = estimate_search(spec)
     console = _console()
     console.print(f"Dry run of hpsearch {'refine' if spec.source else spec.command}: study {spec.study}, task {spec.task}, "

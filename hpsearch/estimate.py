@@ -67,7 +67,8 @@ def plan_search(spec: StudySpec) -> Plan:
     """
     finished = _finished_points(spec)
     if spec.command == "grid":
-        points = [p for p in spec.grid_points() if make_config(p, 0).key() not in set(finished)]
+        done = set(finished)
+        points = [p for p in spec.iter_grid_points() if make_config(p, 0).key() not in done]
         populations = []
         for start in range(0, len(points), spec.max_population):  # as search._Runner.grid splits them
             sizes = Counter(int(p["batch_size"]) for p in points[start:start + spec.max_population])

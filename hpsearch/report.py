@@ -162,15 +162,24 @@ class _Eta(TimeRemainingColumn):
 # --- a dry run: the plan and its estimated time ---
 
 
+PLAN_ROWS = 100  # a dry run lists a grid up to this size; a larger one is summarised (a screenful, not a million rows)
+PLAN_ENDS = 10  # rows shown from each end of a summarised grid
+
+
 def plan_table(points: list[dict[str, float]]) -> Table:
-    """The grid points a dry run would train, in the order they would train."""
+    """The grid points a dry run would train, in the order they would train; the first and last few of a large grid."""
     out = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     columns = ["lr", "weight_decay", "batch_size", "momentum"]
     out.add_column(_HEADERS["rank"], justify="right")
     for c in columns:
         out.add_column(_HEADERS[c], justify="right")
-    for i, p in enumerate(points, 1):
-        out.add_row(str(i), *(_cell(c, p[c]) for c in columns))
+    shown = range(len(points)) if len(points) <= PLAN_ROWS else [*range(PLAN_ENDS), *range(len(points) - PLAN_ENDS, len(points))]
+    for i in shown:
+        if i == len(points) - PLAN_ENDS and len(points) > PLAN_ROWS:
+            out.add_row("...", *["..."] * len(columns))
+        out.add_row(str(i + 1), *(_cell(c, points[i][c]) for c in columns))
+    if len(points) > PLAN_ROWS:
+        out.caption = f"the first and last {PLAN_ENDS} of {len(points):,} configurations"
     return out
 
 

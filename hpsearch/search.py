@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
@@ -39,7 +39,7 @@ from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
 from hpsearch.storage import Store, open_storage
 from hpsearch.workers import (ATTEMPT_ATTR, HEARTBEAT_ATTR, REQUEUED_ATTR, Heartbeat, Worker, fail, lock_folder,
-                              queued_params, reap, requeue)
+                              queued_params, reap, requeue, running_elsewhere)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both record the trials in flight as interrupted
 
@@ -50,6 +50,10 @@ SETTINGS_ATTR = "hpsearch"  # study user attribute: the settings a study was cre
 # mean smaller populations, slower per epoch (wall seconds in bench/search_quality.py).
 TPE_BATCH = 4
 RANDOM_BATCH = 64  # random asks cost nothing, so batches are as large as a population
+# Grid points enqueued per hold of the storage's lock. A whole large grid in one hold kept Ctrl-C,
+# SIGTERM and every other process out for minutes; a chunk of this size takes about a second on
+# the journal file, so a signal is answered, and another process let in, within about that.
+ENQUEUE_CHUNK = 2000
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class SearchOutcome:
     trained: int  # trials trained by this run
     already: int  # trials finished before this run
     failed: int  # trials of this run that failed
+    running_elsewhere: int = 0  # trials still RUNNING in other live processes when this run ended
+    warnings: tuple[str, ...] = ()  # what went wrong on the way without changing the results (a worker died)
 
 
 def finished(trial: optuna.trial.FrozenTrial) -> bool:
@@ -150,14 +156,18 @@ def param_config(params: dict[str, object], seed: int) -> Config:
 # --- how each command's space is stored in Optuna (one distribution per name, see README) ---
 
 
-def _grid_distributions(points: Sequence[dict[str, float]]) -> dict[str, BaseDistribution]:
-    """Linear distributions that hold every grid point, 0 included; ranges may grow on re-runs."""
-    dists: dict[str, BaseDistribution] = {}
-    for name in ("lr", "weight_decay", "momentum"):
-        values = [p[name] for p in points]
-        dists[name] = FloatDistribution(min(values), max(values))
-    sizes = [int(p["batch_size"]) for p in points]
-    dists["batch_size"] = IntDistribution(min(sizes), max(sizes))
+def _grid_distributions(points: Iterable[dict[str, float]]) -> dict[str, BaseDistribution]:
+    """Linear distributions that hold every grid point, 0 included; ranges may grow on re-runs (one pass)."""
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
+    for p in points:
+        for name in ("lr", "weight_decay", "batch_size", "momentum"):
+            value = float(p[name])  # type: ignore[arg-type]
+            low[name] = min(low.get(name, value), value)
+            high[name] = max(high.get(name, value), value)
+    dists: dict[str, BaseDistribution] = {name: FloatDistribution(low[name], high[name])
+                                          for name in ("lr", "weight_decay", "momentum")}
+    dists["batch_size"] = IntDistribution(int(low["batch_size"]), int(high["batch_size"]))
     return dists
 
 
@@ -323,8 +333,9 @@ class _Runner:
             for trial in trials:
                 self._fail(trial, "interrupted", f"stopped by {by}; queued again for the next run", requeued=True)
                 requeue(self.study, trial)
-        raise Interrupted.by(signum, f"interrupted by {by}: {len(trials)} running trial(s) recorded as interrupted and "
-                                     f"queued again; re-run the same command to finish study '{self.spec.study}'") from None
+        what = f": {len(trials)} running trial(s) recorded as interrupted and queued again" if trials else ""
+        raise Interrupted.by(signum, f"interrupted by {by}{what}; re-run the same command to finish study "
+                                     f"'{self.spec.study}'") from None
 
     def _ask(self, how_many: Callable[[list[FrozenTrial]], int],
              distributions: dict[str, BaseDistribution] | None = None) -> list[Trial]:
@@ -380,18 +391,9 @@ class _Runner:
             self.study.tell(trial, state=TrialState.PRUNED)  # diverged or pruned: TPE still learns from the curve
 
     def grid(self) -> None:
-        points = self.spec.grid_points()
-        with self._writes():  # under the lock: workers starting together enqueue each point once
-            reap(self.study, self.worker)
-            trials = self.study.get_trials(deepcopy=False)
-            taken = {param_config(queued_params(t), 0).key()
-                     for t in trials if finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
-            for p in points:
-                if make_config(p, 0).key() not in taken:
-                    self.study.enqueue_trial(p)
-            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        waiting = self._enqueue_grid()
         self.total = self.already + len(waiting)
-        dists = _grid_distributions(points + [queued_params(t) for t in waiting])  # type: ignore[misc]
+        dists = _grid_distributions(itertools.chain(self.spec.iter_grid_points(), (queued_params(t) for t in waiting)))
         if waiting:
             self._load_task()
         self._tick()
@@ -401,6 +403,41 @@ class _Runner:
 
         while asked := self._ask(waiting_now, dists):
             self.run_batch(asked, [param_config(t.params, self.spec.seed) for t in asked])
+
+    def _enqueue_grid(self) -> list[FrozenTrial]:
+        """Queue every grid point the study does not hold yet, ENQUEUE_CHUNK points per hold of the lock.
+
+        Under the lock, workers starting together enqueue each point once (each chunk is compared with
+        every trial there is, those other workers queued included). Between chunks Ctrl-C or SIGTERM
+        stops the run, with the points queued so far kept. Returns the waiting trials.
+        """
+        points = self.spec.iter_grid_points()
+        taken: set[tuple[float, float, int, float]] = set()
+        seen = queued = 0  # trials compared so far: a trial once counted stays counted (a retry is a new trial)
+        try:
+            while True:
+                chunk = list(itertools.islice(points, ENQUEUE_CHUNK))
+                with self._writes():
+                    if seen == 0:
+                        reap(self.study, self.worker)
+                    trials = self.study.get_trials(deepcopy=False)
+                    taken.update(param_config(queued_params(t), 0).key() for t in trials[seen:]
+                                 if finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING))
+                    seen = len(trials)
+                    for p in chunk:
+                        key = make_config(p, 0).key()
+                        if key not in taken:
+                            self.study.enqueue_trial(p)
+                            taken.add(key)
+                            queued += 1
+                    if not chunk:
+                        return self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        except KeyboardInterrupt as stop:
+            signum = _signum(stop)
+            by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            raise Interrupted.by(signum, f"interrupted by {by} while queueing the grid: {queued:,} of its "
+                                         f"{self.spec.grid_size():,} points queued and kept, nothing trained; re-run "
+                                         f"the same command to finish study '{self.spec.study}'") from None
 
     def sample(self, batch: int) -> None:
         """Ask until the study holds its budget: finished, running (on any worker) and queued trials all count."""
@@ -565,6 +602,7 @@ def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> Sea
 
     Ctrl-C or SIGTERM raise Interrupted (exit 130 / 143) after recording the trials in flight.
     """
+    spec.check_size()
     if spec.jobs > 1:
         from hpsearch.workers import run_jobs
 
@@ -578,11 +616,12 @@ def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> Sea
             runner.grid()
         else:
             runner.sample(TPE_BATCH if spec.command == "tpe" else RANDOM_BATCH)
+        elsewhere = running_elsewhere(study, runner.worker)
     except KeyboardInterrupt as stop:  # between populations: no trial was in flight
         raise Interrupted.by(_signum(stop), f"interrupted; re-run the same command to finish study '{spec.study}'") from None
     finally:
         runner.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return SearchOutcome(spec.study, store.shown, runner.trained, runner.already, runner.failed)
+    return SearchOutcome(spec.study, store.shown, runner.trained, runner.already, runner.failed, elsewhere)
 

@@ -14,11 +14,12 @@ Weight decay may list 0 beside a log range: ``0,1e-6:1e-2``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from hpsearch.errors import BadInput
 
@@ -39,6 +40,14 @@ DEFAULT_EPOCHS = 5  # "a few epochs": enough to rank a coarse grid, as in the re
 DEFAULT_TRIALS = 20
 DEFAULT_SEED = 0
 DEFAULT_RETRIES = 1  # one retry tells a passing fault (a full disk, a busy GPU) from a real bug
+# The most grid points (and values of one counted range) a search takes unless --max-points says more.
+# The recipe's grids hold tens to hundreds of points; 100,000 already means hours of training at the
+# measured 100-140 trials/s of a population on digits, a journal of several hundred MB, and Optuna
+# reading 100,000 trials on every ask. A larger number is far more often a typo (an extra zero in a
+# count) than a plan, so it is refused before anything is built, with the way to ask for it.
+MAX_POINTS = 100_000
+# A range count beyond this is refused whatever --max-points says: its points could not be held in memory.
+MAX_RANGE_COUNT = 1_000_000_000
 
 
 def tidy(value: float) -> float:
@@ -85,6 +94,14 @@ class Dimension:
         items = [fmt(v) for v in self.values] + ([self.range.text()] if self.range else [])
         return ",".join(items)
 
+    def size(self) -> int:
+        """How many values ``grid()`` holds, known without listing a range of more than MAX_POINTS values
+        (then an upper bound: listed values that fall on the range are counted twice)."""
+        if self.range is None:
+            return len(self.values)
+        count = range_count(self.name, self.range)
+        return len(self.grid()) if count <= MAX_POINTS else len(self.values) + count
+
     def grid(self) -> tuple[float, ...]:
         """Every value of this dimension as a grid (a range needs a count, except batch size)."""
         points = list(self.values)
@@ -102,6 +119,14 @@ def fmt(value: float) -> str:
     """Short (1e-05, 0.9, 32) where that is exact, else every digit: texts parse back to the same values."""
     short = f"{value:g}"
     return short if float(short) == value else repr(value)
+
+
+def range_count(name: str, rng: Range) -> int:
+    """The values a range expands to, before duplicates (batch size: at most its powers of two)."""
+    powers = int(math.log2(rng.high)) - int(math.log2(rng.low)) + 1 if name == "batch_size" else None
+    if rng.count is None:
+        return powers or 0  # an uncounted range is a grid only for batch size
+    return min(rng.count, powers) if powers is not None else rng.count
 
 
 def expand(name: str, rng: Range) -> list[float]:
@@ -155,9 +180,13 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
         raise BadInput(f"{flag}: batch size ranges run over powers of two; make both ends powers of two (e.g. 16:256)")
     count = None
     if len(parts) == 3:
-        if not re.fullmatch(r"\d+", parts[2].strip()) or int(parts[2]) < 2:
+        digits = parts[2].strip().lstrip("0") or "0"  # length first: int() refuses a string of 4,300 digits
+        if not re.fullmatch(r"\d+", digits) or (len(digits) == 1 and int(digits) < 2):
             raise BadInput(f"{flag}: the count of a range must be an integer >= 2, not '{parts[2]}'")
-        count = int(parts[2])
+        if len(digits) > len(str(MAX_RANGE_COUNT)) or int(digits) > MAX_RANGE_COUNT:
+            shown = digits if len(digits) <= 24 else f"{digits[:10]}... ({len(digits):,} digits)"
+            raise BadInput(f"{FLAGS[name]}: the count of a range must be at most {MAX_RANGE_COUNT:,}, not {shown}")
+        count = int(digits)
     return Range(low, high, count)
 
 
@@ -196,14 +225,19 @@ class SearchSpace:
     def texts(self) -> dict[str, str]:
         return {d.name: d.text() for d in self.dimensions()}
 
+    def size(self) -> int:
+        """The grid's number of points: a product of counts, known without building a point."""
+        return math.prod(dim.size() for dim in self.dimensions())
+
+    def iter_grid(self) -> Iterator[dict[str, float]]:
+        """Every grid point, one at a time, ordered by batch size so that consecutive points can share a population."""
+        values = {dim.name: dim.grid() for dim in self.dimensions()}
+        for size, lr, weight_decay, momentum in itertools.product(
+                values["batch_size"], values["lr"], values["weight_decay"], values["momentum"]):
+            yield {"lr": lr, "weight_decay": weight_decay, "batch_size": int(size), "momentum": momentum}
+
     def grid(self) -> list[dict[str, float]]:
-        """Every grid point, ordered by batch size so that consecutive points can share a population."""
-        points = [{}]  # type: list[dict[str, float]]
-        for dim in self.dimensions():
-            points = [{**p, dim.name: v} for p in points for v in dim.grid()]
-        for p in points:
-            p["batch_size"] = int(p["batch_size"])
-        return sorted(points, key=lambda p: p["batch_size"])
+        return list(self.iter_grid())
 
 
 def parse_space(command: str, texts: dict[str, str | None]) -> SearchSpace:
@@ -255,10 +289,32 @@ class StudySpec:
     # A refined grid (hpsearch.refine) is a union of neighbourhoods, not a product: its points are listed.
     points: tuple[dict[str, float], ...] | None = None
     source: dict[str, object] | None = None  # a refined study's origin: studies, trials, rule (hpsearch.refine)
+    max_points: int = MAX_POINTS  # the largest grid (and counted range) taken; see MAX_POINTS
 
     def grid_points(self) -> list[dict[str, float]]:
         """The points a grid study trains: the listed ones, else every point of the space."""
-        return [dict(p) for p in self.points] if self.points is not None else self.space.grid()
+        return list(self.iter_grid_points())
+
+    def iter_grid_points(self) -> Iterator[dict[str, float]]:
+        """``grid_points()`` one at a time: a large grid is never held whole."""
+        return (dict(p) for p in self.points) if self.points is not None else self.space.iter_grid()
+
+    def grid_size(self) -> int:
+        return len(self.points) if self.points is not None else self.space.size()
+
+    def check_size(self) -> None:
+        """Refuse a grid, or a counted range, above ``max_points``, before anything is built or written."""
+        over = "; if you mean it, raise the limit with --max-points N"
+        if self.command == "grid" and self.grid_size() > self.max_points:
+            counts = " x ".join(f"{dim.size():,} {dim.name}" for dim in self.space.dimensions())
+            shown = "" if self.points is not None else f" ({counts})"
+            raise BadInput(f"the grid holds {self.grid_size():,} points{shown}, more than the limit of "
+                           f"{self.max_points:,}; use fewer values or a smaller range count{over}")
+        for dim in self.space.dimensions():
+            if not dim.is_continuous and dim.size() > self.max_points:
+                raise BadInput(f"{FLAGS[dim.name]} {dim.text()}: {dim.size():,} values, more than the limit of "
+                               f"{self.max_points:,}; give a smaller count, or a range without a count to "
+                               f"sample from{over}")
 
     def settings(self) -> dict[str, object]:
         """The settings that change results; stored on the study and compared on a re-run."""
@@ -294,6 +350,7 @@ def build_spec(
     prune: str = "none",
     jobs: int = 1,
     retries: int = DEFAULT_RETRIES,
+    max_points: int = MAX_POINTS,
 ) -> StudySpec:
     if command not in COMMANDS:
         raise BadInput(f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}")
@@ -316,8 +373,12 @@ def build_spec(
     name = study if study is not None else f"{stem}-{command}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise BadInput(f"--study '{name}': use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
-    return StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune, target=target, kind=kind,
-                     jobs=jobs, retries=retries)
+    if max_points < 1:
+        raise BadInput(f"--max-points {max_points}: allow at least 1 point")
+    spec = StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune, target=target, kind=kind,
+                     jobs=jobs, retries=retries, max_points=max_points)
+    spec.check_size()
+    return spec
 
 
 def task_reference(task: str | None, data: str | None, target: str | None, kind: str | None) -> tuple[str, str]:

@@ -72,3 +72,33 @@ def test_the_bar_counts_the_estimate_down_until_the_trials_set_the_pace():
     eta = _Eta(100.0)
     assert str(eta.render(bar.tasks[task])) in ("0:01:40", "0:01:39")
     assert str(_Eta(None).render(bar.tasks[task])) == "-:--:--"
+
+
+HUNDRED = ",".join(f"{i}e-3" for i in range(1, 101))
+HUGE = [  # a range count; a product of several lists
+    (["--lr", "1e-4:1e-1:10000000"], "the grid holds 60,000,000 points (10,000,000 lr x 3 weight_decay x 2 batch_size"),
+    (["--lr", HUNDRED, "--weight-decay", HUNDRED.replace("e-3", "e-6"), "--batch-size", "16,32,64,128,256", "--momentum",
+      "0.1,0.5,0.9"], "the grid holds 150,000 points (100 lr x 100 weight_decay x 5 batch_size x 3 momentum)"),
+]
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+@pytest.mark.parametrize(("flags", "message"), HUGE)
+def test_a_huge_grid_is_refused_with_its_size_and_the_override_and_nothing_is_written(workdir, flags, message, dry_run):
+    result = run("grid", *flags, *dry_run)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert "more than the limit of 100,000" in result.stderr and "--max-points N" in result.stderr
+    assert result.stdout == "" and not (workdir / "studies").exists()
+
+
+def test_a_dry_run_of_a_large_grid_summarises_its_points(workdir):
+    # 12,800 points (200 populations of 64): within the limit, far too many to list
+    result = run("grid", "--lr", "1e-4:1e-1:6400", "--weight-decay", "0,1e-4", "--batch-size", "128", "--epochs", "1",
+                 "--device", "cpu", "--dry-run")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+){4}\s*", line)]
+    assert [int(r[0]) for r in rows] == [*range(1, 11), *range(12791, 12801)]
+    assert "the first and last 10 of 12,800 configurations" in " ".join(result.stdout.split())
+    assert "12800 configurations to train" in result.stdout
+    assert not (workdir / "studies").exists()

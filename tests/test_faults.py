@@ -199,3 +199,39 @@ def test_out_of_memory_splits_the_population_then_records_each_configuration_and
     assert [t.state for t in trials if t.params["batch_size"] == 32] == [TrialState.COMPLETE] * 3  # the search went on
     report = CliRunner().invoke(main, ["report", "make-grid"])
     assert report.exit_code == 0 and "out of memory at batch size 64" in report.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_a_large_grid_is_queued_stops_it_between_chunks_keeping_what_was_queued(tmp_path, signum,
+                                                                                               code):
+    from hpsearch.search import ENQUEUE_CHUNK
+
+    journal = tmp_path / "q.journal"
+    # 1,000,000 points: queueing them all takes minutes; the signal comes once the first chunk is written
+    command = [sys.executable, "-m", "hpsearch", "grid", "--lr", "1e-4:1e-1:500000", "--weight-decay", "0,1e-4",
+               "--batch-size", "32", "--max-points", "1000000", "--epochs", "1", "--device", "cpu", "--study", "q",
+               "--storage", str(journal)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (journal.exists() and journal.read_bytes().count(b"\n") > ENQUEUE_CHUNK):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first chunk was not queued within 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code and b"Traceback" not in err
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    last = err.decode().splitlines()[-1]
+    assert last.startswith(f"Error: interrupted by {name} while queueing the grid: ")
+    assert "of its 1,000,000 points queued and kept, nothing trained; re-run the same command" in last
+    trials = _trials(str(journal), "q")
+    queued = int(last.split(": ")[2].split(" of")[0].replace(",", ""))
+    assert len(trials) == queued and 0 < queued < 1_000_000 and queued % ENQUEUE_CHUNK == 0
+    assert all(t.state == TrialState.WAITING for t in trials)

@@ -84,3 +84,45 @@ def test_seeds_belong_to_configurations():
     c = make_config({"lr": 0.01, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}, 0)
     d = make_config({"lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}, 1)
     assert a.seed == b.seed and len({a.seed, c.seed, d.seed}) == 3
+
+
+HUNDRED = ",".join(f"{i}e-3" for i in range(1, 101))  # 100 listed learning rates
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "message"),
+    [  # a range count; a product of several lists; both; a counted range a sampler would list as choices
+        ("grid", {"lr": "1e-4:1e-1:10000000"}, "the grid holds 60,000,000 points (10,000,000 lr x 3 weight_decay x "
+                                                "2 batch_size x 1 momentum), more than the limit of 100,000"),
+        ("grid", {"lr": HUNDRED, "weight_decay": HUNDRED.replace("e-3", "e-6"), "batch_size": "16,32,64,128,256",
+                  "momentum": "0.1,0.2,0.3"}, "the grid holds 150,000 points (100 lr x 100 weight_decay x 5 batch_size "
+                                              "x 3 momentum)"),
+        ("grid", {"lr": "1e-5:1:500", "weight_decay": "0,1e-6:1e-2:499"}, "the grid holds 500,000 points"),
+        ("random", {"lr": "1e-4:1e-1:10000000"}, "--lr 0.0001:0.1:10000000: 10,000,000 values, more than the limit"),
+        ("tpe", {"momentum": "0:0.99:200000"}, "--momentum 0:0.99:200000: 200,000 values"),
+    ],
+)
+def test_a_grid_above_the_limit_is_refused_by_its_size_before_any_point_is_built(command, flags, message):
+    with pytest.raises(BadInput) as caught:
+        build_spec(command, **flags)
+    assert message in str(caught.value) and "--max-points N" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("count", "shown"), [("99999999999999999999999", "99999999999999999999999"),
+                                              ("1" + "0" * 5000, "1000000000... (5,001 digits)"),
+                                              ("1000000001", "1000000001")])
+def test_a_range_count_is_bounded_whatever_its_digits(count, shown):
+    with pytest.raises(BadInput) as caught:
+        build_spec("grid", lr=f"1e-4:1e-1:{count}", max_points=10**12)
+    assert str(caught.value) == f"--lr: the count of a range must be at most 1,000,000,000, not {shown}"
+
+
+def test_the_size_is_a_product_of_counts_that_matches_the_grid_and_the_limit_can_be_raised():
+    flags = {"lr": "1e-4:1e-1:7,0.5", "weight_decay": "0,1e-5:1e-3:3", "batch_size": "16:256", "momentum": "0.9,0.5"}
+    space = parse_space("grid", flags)
+    assert space.size() == len(space.grid()) == 8 * 4 * 5 * 2
+    assert parse_space("grid", {"batch_size": "16:64:50"}).batch_size.size() == 3  # powers of two, not 50
+    assert build_spec("grid", lr="1e-4:1e-1:200000", weight_decay="0", batch_size="32", max_points=200_000)
+    with pytest.raises(BadInput, match="--max-points 0"):
+        build_spec("grid", max_points=0)

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from hpsearch.search import run_search
 from hpsearch.spec import StudySpec, build_spec
-from hpsearch.storage import open_storage
+from hpsearch.storage import open_storage, study_names
 
 POSTGRES = os.environ.get("HPSEARCH_TEST_POSTGRES")
 
@@ -51,8 +51,21 @@ def _start(ctx, spec: StudySpec, count: int) -> list:
 
 
 def _trials(spec: StudySpec) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials; none while the study does not exist yet (a kill can land before a worker creates it)."""
+    if not os.path.exists(spec.storage):
+        return []
     store = open_storage(spec.storage, create=False)
+    if spec.study not in study_names(store.storage):
+        return []
     return optuna.load_study(study_name=spec.study, storage=store.storage).get_trials(deepcopy=False)
+
+
+def _wait(condition, what: str, timeout: float = 300.0) -> None:
+    """Poll until ``condition()`` holds; fail after a timeout far beyond any machine's pace."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.05)
 
 
 def _grid_spec(storage: str, study: str) -> StudySpec:
@@ -68,29 +81,36 @@ def _reports(spec: StudySpec) -> int:
     return open(path, "rb").read().count(b'"intermediate_value"') if os.path.exists(path) else 0
 
 
-def _kill_rounds(ctx, spec: StudySpec, workers: int, rounds: int, seed: int) -> dict[str, object]:
-    """kill -9 every worker at a random moment, ``rounds`` times, then let the workers finish."""
+def _kill_rounds(ctx, spec: StudySpec, workers: int, mid_study_kills: int, seed: int,
+                 most_rounds: int = 60) -> dict[str, object]:
+    """kill -9 every worker at a random moment, round after round, until ``mid_study_kills`` kills have
+    landed while the study was unfinished (or the study is done, or ``most_rounds``); then let the workers finish.
+
+    A kill may land before the study exists; the rounds count in terms of progress, never of the machine's speed.
+    """
     rng = random.Random(seed)
     completed: dict[int, float] = {}  # trial number -> value, for every trial completed before a kill
     total = spec.trials or len(spec.space.grid())
-    mid_study = 0  # rounds whose kill left the study unfinished
+    mid_study = rounds = 0  # kills that left the study unfinished; rounds run
     started = time.perf_counter()
-    for _ in range(rounds):
-        # a random moment in terms of progress (so it does not depend on the machine's speed): after
-        # 0 to 1 population's more epoch reports, then 0-20 ms more (in a write, a step, an ask)
+    while mid_study < mid_study_kills and rounds < most_rounds:
+        rounds += 1
+        # a random moment in terms of progress: after 0 to 1 population's more epoch reports, then 0-20 ms
+        # more (in a write, a step, an ask)
         target = _reports(spec) + rng.randint(0, spec.max_population)
         procs = _start(ctx, spec, workers)
-        deadline = time.perf_counter() + 10
+        deadline = time.perf_counter() + 120
         while _reports(spec) < target and any(p.is_alive() for p in procs) and time.perf_counter() < deadline:
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.02))
         for p in procs:
             p.kill()
             p.join()
-        if os.path.exists(spec.storage):
-            done = {t.number: t.value for t in _trials(spec) if t.state == TrialState.COMPLETE}
-            completed.update(done)
-            mid_study += len(done) < total
+        done = {t.number: t.value for t in _trials(spec) if t.state == TrialState.COMPLETE}
+        completed.update(done)
+        if len(done) == total:
+            break
+        mid_study += 1
     stuck_before_final = sum(t.state == TrialState.RUNNING for t in _trials(spec))
     for p in _start(ctx, spec, workers):
         p.join()
@@ -104,7 +124,7 @@ def _kill_rounds(ctx, spec: StudySpec, workers: int, rounds: int, seed: int) -> 
         "died": sum(t.user_attrs.get("outcome") == "died" for t in trials),
         "running_after_last_kill": stuck_before_final,
         "changed": [n for n, v in completed.items() if after.get(n) != v], "kills_mid_study": mid_study,
-        "seconds": round(time.perf_counter() - started, 1),
+        "rounds": rounds, "seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -112,22 +132,22 @@ def _kill_rounds(ctx, spec: StudySpec, workers: int, rounds: int, seed: int) -> 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_kill_9_at_random_moments_leaves_every_grid_point_completed_exactly_once(tmp_path, forkserver, workers):
     spec = _grid_spec(str(tmp_path / "k.journal"), f"kill{workers}")
-    figures = _kill_rounds(forkserver, spec, workers, rounds=20, seed=workers)
-    print(f"kill -9 x20, {workers} worker(s): {figures}")
+    figures = _kill_rounds(forkserver, spec, workers, mid_study_kills=10, seed=workers)
+    print(f"kill -9 until 10 landed mid-study, {workers} worker(s): {figures}")
     assert figures["points"] == 30 and figures["duplicates"] == 0
     assert figures["stuck"] == 0 and figures["changed"] == []
-    assert figures["died"] >= 1 and figures["kills_mid_study"] >= 5  # kills landed on running trials
+    assert figures["kills_mid_study"] >= 1  # the first kill comes at most a population's reports after the start
 
 
 @pytest.mark.slow
 def test_kill_9_keeps_a_random_budget_across_restarts(tmp_path, forkserver):
     spec = replace(build_spec("random", trials=40, epochs=2, study="rk", storage=str(tmp_path / "rk.journal"),
                               device="cpu", batch_size="32:64"), max_population=4)
-    figures = _kill_rounds(forkserver, spec, workers=4, rounds=8, seed=7)
+    figures = _kill_rounds(forkserver, spec, workers=4, mid_study_kills=8, seed=7)
     trials = _trials(spec)
-    print(f"kill -9 x8, 4 workers, random budget 40: {figures}")
+    print(f"kill -9 until 8 landed mid-study, 4 workers, random budget 40: {figures}")
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 40 and figures["stuck"] == 0
-    assert figures["changed"] == [] and figures["duplicates"] == 0 and figures["died"] >= 1
+    assert figures["changed"] == [] and figures["duplicates"] == 0 and figures["kills_mid_study"] >= 1
 
 
 @pytest.mark.slow
@@ -219,13 +239,13 @@ def test_ctrl_c_reaches_every_jobs_worker_and_leaves_nothing_running(tmp_path):
                "--batch-size", "32", "--epochs", "400", "--jobs", "2", "--study", "c", "--storage", str(journal)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    while len(_training(journal)) < 4:  # both workers are training their two trials
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
+    _wait(lambda: proc.poll() is not None or len(_training(journal)) >= 4, "both workers training their two trials")
+    assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and b"Traceback" not in err
-    assert err.decode().splitlines()[-1].startswith("Error: 2 workers stopped")
+    assert err.decode().splitlines()[-1].startswith(
+        "Error: interrupted by Ctrl-C: 4 running trial(s) recorded as interrupted and queued again (2 workers stopped)")
     trials = _trials(build_spec("grid", study="c", storage=str(journal)))
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     stopped = [t for t in trials if t.user_attrs.get("outcome") == "interrupted"]
@@ -253,3 +273,191 @@ def test_a_postgresql_password_appears_in_no_output(workdir, one_thread):
         outputs.append(result.output)
     assert not [out for out in outputs if password in out]
     assert "***@" in outputs[0] and "***@" in outputs[3]  # the storage is named, its password hidden
+
+
+# A plug-in task whose training waits while the file HOLD exists: a test holds every worker mid-trial
+# for as long as it needs, whatever the machine's speed, then lets them go by removing the file.
+HOLDING_TASK = '''
+import os
+import time
+
+import torch
+from torch import nn
+from hpsearch import Task
+
+HOLD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hold")
+g = torch.Generator().manual_seed(0)
+x = torch.randn(96, 5, generator=g)
+y = (x[:, 0] > 0).long()
+
+
+class Holding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(5, 2)
+
+    def forward(self, inputs):
+        while self.training and os.path.exists(HOLD):
+            time.sleep(0.05)
+        return self.layer(inputs)
+
+
+def make():
+    return Task("holding", Holding, (x[:64], y[:64]), (x[64:], y[64:]), None, 2)
+'''
+
+
+def _holding(tmp_path, study: str, jobs: int, *extra: str) -> list[str]:
+    """A command line of an 8-point grid of the holding task, its journal in tmp_path; the hold set."""
+    (tmp_path / "holding.py").write_text(HOLDING_TASK)
+    (tmp_path / "hold").touch()
+    return ["grid", "--task", str(tmp_path / "holding.py") + ":make", "--lr", "0.1,0.03,0.01,0.003",
+            "--weight-decay", "0,1e-4", "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--jobs", str(jobs),
+            "--study", study, "--storage", str(tmp_path / "h.journal"), *extra]
+
+
+@pytest.fixture()
+def spawned():
+    """hpsearch commands started by a test; whatever a failed test leaves running is killed (its session too)."""
+    procs: list[subprocess.Popen] = []
+
+    def popen(tmp_path, args: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "hpsearch", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        procs.append(proc)
+        return proc
+
+    yield popen
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _running(tmp_path, study: str) -> list[optuna.trial.FrozenTrial]:
+    spec = build_spec("grid", study=study, storage=str(tmp_path / "h.journal"))
+    return [t for t in _trials(spec) if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+
+
+def _worker_pids(tmp_path) -> set[int]:
+    """The pids of the workers whose lock files are in tmp_path/.workers (host-pid-token.lock)."""
+    return {int(p.name.rsplit("-", 2)[1]) for p in (tmp_path / ".workers").glob("*.lock")}
+
+
+def _gone(pid: int) -> bool:
+    """A process that has ended (a zombie nobody reaped yet has ended too)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_jobs_parent_stops_its_workers_and_their_trials_are_queued_again(tmp_path, spawned):
+    proc = spawned(tmp_path, _holding(tmp_path, "orphans", 4))
+    _wait(lambda: proc.poll() is not None or len({t.user_attrs["worker"] for t in _running(tmp_path, "orphans")}) == 4,
+          "4 workers each holding their trials")
+    assert proc.poll() is None, proc.communicate()
+    pids = {int(t.user_attrs["worker"].split(":")[1]) for t in _running(tmp_path, "orphans")}
+    proc.kill()
+    proc.wait()
+    _wait(lambda: all(_gone(pid) for pid in pids), "the workers to stop with their parent", timeout=120)
+    trials = _trials(build_spec("grid", study="orphans", storage=str(tmp_path / "h.journal")))
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sum(t.user_attrs.get("outcome") == "interrupted" for t in trials) == 8
+    assert sum(t.state == TrialState.WAITING for t in trials) == 8  # queued again for the next run
+    assert not list((tmp_path / ".workers").glob("*.lock"))  # each worker left cleanly
+    args = _holding(tmp_path, "orphans", 1)
+    (tmp_path / "hold").unlink()  # the re-run trains at once
+    again = spawned(tmp_path, args)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert b"Trained 8 trials" in out
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_worker_its_trials_are_finished_and_the_table_printed_with_a_warning(tmp_path, spawned):
+    proc = spawned(tmp_path, _holding(tmp_path, "one", 2))
+    _wait(lambda: proc.poll() is not None or len({t.user_attrs["worker"] for t in _running(tmp_path, "one")}) == 2,
+          "2 workers each holding their trials")
+    assert proc.poll() is None, proc.communicate()
+    victim = int(_running(tmp_path, "one")[0].user_attrs["worker"].split(":")[1])
+    os.kill(victim, signal.SIGKILL)
+    _wait(lambda: _gone(victim), "the worker to die", timeout=120)
+    (tmp_path / "hold").unlink()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert b"Study one: best first" in out and b"Traceback" not in err
+    assert "Warning: 1 of 2 workers died (SIGKILL); their 4 running trial(s) were queued again" in err.decode()
+    trials = _trials(build_spec("grid", study="one", storage=str(tmp_path / "h.journal")))
+    done = Counter(tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE)
+    assert len(done) == 8 and set(done.values()) == {1}
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(t.user_attrs.get("outcome") == "died" for t in trials) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_rerun_shows_the_trials_live_workers_are_running_instead_of_calling_the_grid_finished(tmp_path, spawned, jobs):
+    from click.testing import CliRunner
+
+    from hpsearch.cli import main
+
+    proc = spawned(tmp_path, _holding(tmp_path, "busy", 1))
+    _wait(lambda: proc.poll() is not None or len(_running(tmp_path, "busy")) == 8, "the worker holding all 8 trials")
+    assert proc.poll() is None, proc.communicate()
+    args = _holding(tmp_path, "busy", jobs)
+    rerun = CliRunner().invoke(main, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert "Nothing to start: the 8 trials left of study 'busy' are still running in other processes" in rerun.stdout
+    assert "Nothing to train" not in rerun.stdout and "running" in rerun.stdout  # the table shows them running
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 143
+
+
+def test_the_jobs_bar_shows_the_best_value_stored_and_a_late_ctrl_c_claims_no_interrupted_trial(tmp_path, one_thread):
+    from hpsearch.errors import Interrupted
+
+    spec = build_spec("grid", lr="0.1,0.01", weight_decay="0", batch_size="32", epochs=1, study="bar",
+                      storage=str(tmp_path / "b.journal"), device="cpu", jobs=2)
+    shown = []
+    run_search(spec, shown.append)
+    values = [t.value for t in _trials(spec)]
+    assert shown[-1].done == shown[-1].total == 2 and shown[-1].best == max(values)
+
+    def ctrl_c(progress) -> None:  # every trial has ended: the workers have nothing to do
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as stopped:
+        run_search(spec, ctrl_c)
+    assert "recorded as interrupted" not in str(stopped.value)
+    assert "after every trial had ended" in str(stopped.value)
+    assert len(_trials(spec)) == 2
+
+
+@pytest.mark.parametrize("how", ["left by a process killed with kill -9", "whose process is long gone"])
+def test_lock_files_of_dead_workers_are_swept_and_live_ones_kept(tmp_path, one_thread, how):
+    from hpsearch.workers import Worker, _host
+
+    folder = tmp_path
+    if how.startswith("left"):
+        code = "import sys, time; from pathlib import Path; from hpsearch.workers import Worker; " \
+               "Worker(Path(sys.argv[1])); print('ok', flush=True); time.sleep(600)"
+        holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE)
+        assert holder.stdout.readline() == b"ok\n"
+        holder.kill()
+        holder.wait()
+    else:
+        (folder / ".workers").mkdir()
+        (folder / ".workers" / f"{_host()}-999999999-dead.lock").touch()
+    dead = list((folder / ".workers").glob("*.lock"))
+    assert len(dead) == 1
+    live = Worker(folder)  # holds its lock: kept
+    spec = build_spec("grid", lr="0.1", weight_decay="0", batch_size="32", epochs=1, study="s",
+                      storage=str(folder / "s.journal"), device="cpu")
+    run_search(spec)
+    assert not dead[0].exists()
+    assert [p.name for p in (folder / ".workers").glob("*.lock")] == [live._path.name]
+    live.close()
