@@ -33,6 +33,7 @@ from torch import nn
 from hpsearch.errors import BadInput, HpsearchError
 from hpsearch.spec import DATA_SUFFIXES, task_reference
 from hpsearch.tasks import KINDS, Split, Task, carve, mlp, note_once
+from hpsearch.train import require_trainable
 
 CARVED = 0.2  # the share of the given training data carved out for each missing split
 
@@ -154,6 +155,7 @@ def _checked(task: Task, where: str) -> Task:
         raise BadInput(f"{where}: make_model() raised {_first_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise BadInput(f"{where}: make_model() returned {type(model).__name__}, not a torch.nn.Module")
+    require_trainable(model, where)
     x = splits["train"][0][:2]
     try:
         with torch.no_grad():
