@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from hpsearch.estimate import SLOW_STEP_MS, measure, step_ms
-from hpsearch.spec import make_config
+from hpsearch.spec import check_int, make_config
 from hpsearch.tasks import Task
 from hpsearch.train import EpochReport, member_losses, require_trainable, train_population
 
@@ -42,6 +42,7 @@ def run_checks(task: Task, population: int = 64, overfit_steps: int = OVERFIT_ST
 
     A model with no trainable parameter is refused (BadInput) before any check: none would mean anything.
     """
+    check_int("population", population)
     require_trainable(_fresh_model(task), f"task '{task.name}'")
     return [parameter_count(task), *initial_loss(task), overfit_one_batch(task, overfit_steps),
             *step_times(task, population), memory(task, population)]

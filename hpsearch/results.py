@@ -72,15 +72,24 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     ok = ok.assign(rank=range(1, len(ok) + 1))
     out = pd.concat([ok, rest.assign(rank=pd.NA)], ignore_index=True) if len(rest) else ok.reset_index(drop=True)
     out["rank"] = out["rank"].astype("Int64")
-    out["batch_size"] = out["batch_size"].astype("Int64")
-    out["epochs"] = out["epochs"].astype("Int64")
-    out["stopped_epoch"] = out["stopped_epoch"].astype("Int64")
+    for name in ("batch_size", "epochs", "stopped_epoch"):
+        out[name] = _whole(out[name])
     out["delta"] = _delta(out)
     ranges = searched_ranges(out)
     out["edges"] = ""  # for the best row only: on a coarse grid every other row sits on some edge too
     if len(ok):
         out.loc[0, "edges"] = ", ".join(f"{name} {side}" for name, side in edge_flags(out.iloc[0], ranges).items())
     return out[COLUMNS]
+
+
+def _whole(column: pd.Series) -> pd.Series:
+    """Whole numbers as nullable integers; a column holding any other value (a batch size of 1e20 stored by
+    an older hpsearch, text from a foreign study) is left as it is: shown, never an overflow."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    fits = numbers.isna() | ((numbers.abs() < 2**53) & (numbers == numbers.round()))
+    if numbers.notna().sum() != column.notna().sum() or not fits.all():
+        return column
+    return numbers.astype("Int64")
 
 
 def _delta(ranked: pd.DataFrame) -> pd.Series:

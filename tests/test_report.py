@@ -225,3 +225,55 @@ def test_html_report_opens_in_headless_chromium(journal, tmp_path):
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10_000
     console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console  # no JavaScript error or console message from the page
+
+
+# --- values an older hpsearch stored, which parsing refuses now ---
+
+def _plain(path: str) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+
+
+def _hpsearch_trial(batch_size: int, accuracy: float, epochs: int = 1) -> optuna.trial.FrozenTrial:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    return optuna.trial.create_trial(
+        params={"lr": 0.1, "weight_decay": 0.0, "batch_size": batch_size, "momentum": 0.9},
+        distributions={"lr": FloatDistribution(0.01, 0.1), "weight_decay": FloatDistribution(0.0, 0.0),
+                       "batch_size": IntDistribution(32, max(32, batch_size)), "momentum": FloatDistribution(0.9, 0.9)},
+        value=accuracy, user_attrs={"outcome": "completed", "epochs": epochs, "val_accuracy": [accuracy],
+                                    "val_loss": [1.0], "train_loss": [1.0, 0.9]})
+
+
+@pytest.mark.parametrize("odd", ["batch_size", "epochs"])
+def test_stored_values_beyond_todays_bounds_are_shown_and_never_trained(workdir, odd):
+    """A study written before the bounds (batch size 1e20, 1e20 epochs): report, the listing, csv and json show
+    it as it is; refine leaves the trial out with a line, or asks for the flag; test refuses it in one line."""
+    path = str(workdir / "old.journal")
+    huge = 10**20
+    study = optuna.create_study(storage=_plain(path), study_name="old", direction="maximize")
+    study.set_user_attr("hpsearch", {"command": "grid", "task": "digits", "epochs": huge if odd == "epochs" else 1,
+                                     "seed": 0, "prune": "none", "metric": "val_accuracy",
+                                     "space": {"lr": "0.1", "weight_decay": "0", "batch_size": "32", "momentum": "0.9"}})
+    study.add_trial(_hpsearch_trial(huge, 0.9) if odd == "batch_size" else _hpsearch_trial(32, 0.9, epochs=huge))
+    study.add_trial(_hpsearch_trial(32, 0.5))
+    for args in (["report", "old"], ["report", "old", "--format", "csv"], ["report", "old", "--format", "json"],
+                 ["report"]):
+        result = run(*args, "--storage", path)
+        assert result.exit_code == 0 and "internal error" not in result.output, result.output
+        assert args == ["report"] or str(huge) in result.stdout
+    tested = run("test", "--study", "old", "--storage", path)
+    refined = run("refine", "--from", "old", "--show", "--storage", path)
+    if odd == "batch_size":
+        assert tested.stderr.startswith("Error: trial 0 of study 'old' cannot be trained again (batch_size 1e+20")
+        assert refined.exit_code == 0, refined.output
+        assert "skipped old#0: batch_size 1e+20: a batch size must be an integer from 1 to 1048576" in refined.stdout
+        assert "[old#1]" in refined.stdout and "old#0]" not in refined.stdout
+    else:
+        assert tested.stderr.startswith(f"Error: trial 0 of study 'old' cannot be trained again (epochs {huge} is not "
+                                        "an integer from 1 to 100000)")
+        assert refined.stderr.startswith(f"Error: study 'old' was run with epochs {huge}, which is not an integer "
+                                         "from 1 to 100000 now; give --epochs")
+        assert refined.exit_code == 2 and refined.stderr.count("\n") == 1
+        assert run("refine", "--from", "old", "--show", "--epochs", "2", "--storage", path).exit_code == 0
+    assert tested.exit_code == 2 and tested.stderr.count("\n") == 1, tested.output
+    assert len(optuna.load_study(study_name="old", storage=_plain(path)).user_attrs) == 1  # nothing recorded
