@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from hpsearch.errors import BadInput, RuntimeFailure
 from hpsearch.results import rank, trials_frame
-from hpsearch.search import SETTINGS_ATTR, decode_params, param_config
+from hpsearch.search import SETTINGS_ATTR, decode_params, made_by_hpsearch, not_hpsearch, param_config
 from hpsearch.spec import bounds_text, in_bounds, point_problem
 from hpsearch.storage import load_study, open_storage
 
@@ -59,9 +59,9 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
     store = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(store.storage, store.shown, name)
-    settings = study.user_attrs.get(SETTINGS_ATTR)
-    if not settings:
-        raise BadInput(f"study '{name}' was not made by hpsearch (it has no '{SETTINGS_ATTR}' settings)")
+    if not made_by_hpsearch(study):
+        raise not_hpsearch(name, "test takes a study that hpsearch searched")
+    settings = study.user_attrs[SETTINGS_ATTR]
     recorded = study.user_attrs.get(TEST_ATTR)
     if recorded and not force:
         raise AlreadyTested(f"study '{name}' was tested already ({recorded.get('when')}): the test set is used once, "

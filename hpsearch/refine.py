@@ -37,7 +37,7 @@ import pandas as pd
 
 from hpsearch.errors import BadInput
 from hpsearch.results import PARAMS, Results, edge_flags, read_results, searched_ranges
-from hpsearch.search import SETTINGS_ATTR
+from hpsearch.search import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
 from hpsearch.spec import (
     SCALES,
     Dimension,
@@ -182,11 +182,9 @@ def _why(name: str, best: float, values: tuple[float, ...], edge: str | None, lo
 def _settings(results: Results, names: Sequence[str]) -> dict[str, Mapping[str, object]]:
     settings = {}
     for name in names:
-        found = results.settings(name)
-        if not found:
-            raise BadInput(f"study '{name}' was not made by hpsearch (it has no '{SETTINGS_ATTR}' settings); "
-                           "refine reads hpsearch studies")
-        settings[name] = found
+        if not made_by_hpsearch(results.studies[name]):
+            raise not_hpsearch(name, "refine --from takes studies that hpsearch searched")
+        settings[name] = results.settings(name)
     first = names[0]
     task = [(s.get("task"), s.get("target"), s.get("kind")) for s in settings.values()]
     for name, this in zip(names, task):
@@ -349,7 +347,10 @@ def _check_target(spec: StudySpec) -> None:
     store = open_storage(spec.storage, create=False)
     if spec.study not in study_names(store.storage):
         return
-    stored = optuna.load_study(study_name=spec.study, storage=store.storage).user_attrs.get(SETTINGS_ATTR, {})
+    study = optuna.load_study(study_name=spec.study, storage=store.storage)
+    if not made_by_hpsearch(study):
+        raise not_hpsearch(spec.study, "choose another --study")
+    stored = study.user_attrs[SETTINGS_ATTR]
     if stored.get("source") != spec.source:
         what = "refined from other trials" if stored.get("source") else "not made by refine"
         raise BadInput(f"study '{spec.study}' already exists and was {what}; choose another --study name")

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.search import SETTINGS_ATTR, decode_params
+from hpsearch.search import SETTINGS_ATTR, decode_params, made_by_hpsearch, not_hpsearch
 from hpsearch.spec import PARAMS
 from hpsearch.storage import load_study, open_storage
 
@@ -139,23 +139,52 @@ def read_results(names: Sequence[str], storage: str | None = None) -> Results:
     store = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     studies = {name: load_study(store.storage, store.shown, name) for name in names}
+    for name, study in studies.items():
+        if not made_by_hpsearch(study) and (study.user_attrs or study.get_trials(deepcopy=False)):
+            raise not_hpsearch(name, f"it holds {_foreign_summary(study)}; hpsearch reads its own studies only "
+                               "(open this one with optuna.load_study or optuna-dashboard)")
     frame = rank(pd.concat([trials_frame(study) for study in studies.values()], ignore_index=True))
     return Results(frame, studies)
 
 
 def list_studies(storage: str | None = None) -> pd.DataFrame:
-    """One row per study: name, command, task, trials finished and the best validation accuracy."""
+    """One row per study: name, command, task, trials finished and the best validation accuracy.
+
+    A study hpsearch did not make is listed as "foreign", its objectives in the task column; a study that
+    cannot be read is listed as such: the listing never fails because of one study.
+    """
     opened = open_storage(storage, create=False).storage
     rows = []
     for summary in opened.get_all_studies():
-        settings = summary.user_attrs.get("hpsearch", {})
-        study = optuna.load_study(study_name=summary.study_name, storage=opened)
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max  # regression: lowest loss
-        best = pick((t.value for t in trials if t.value is not None), default=None)
-        rows.append({"study": summary.study_name, "command": settings.get("command", ""),
-                     "task": settings.get("task", ""), "completed": len(trials), "best_val_accuracy": best})
+        row: dict[str, object] = {"study": summary.study_name, "command": "", "task": "", "completed": 0,
+                                  "best_val_accuracy": None}
+        try:
+            study = optuna.load_study(study_name=summary.study_name, storage=opened)
+            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            row["completed"] = len(trials)
+            if made_by_hpsearch(study):
+                settings = study.user_attrs[SETTINGS_ATTR]
+                pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max  # regression: lowest loss
+                row.update(command=settings.get("command", ""), task=settings.get("task", ""),
+                           best_val_accuracy=pick((t.value for t in trials if t.value is not None), default=None))
+            else:
+                row.update(command="foreign", task=_directions(study))
+        except Exception as error:  # noqa: BLE001 - one unreadable study must not hide the others
+            row.update(command="unreadable", task=type(error).__name__)
+        rows.append(row)
     return pd.DataFrame(rows, columns=["study", "command", "task", "completed", "best_val_accuracy"])
+
+
+def _directions(study: optuna.Study) -> str:
+    return ", ".join(d.name.lower() for d in study.directions)
+
+
+def _foreign_summary(study: optuna.Study) -> str:
+    """What a foreign study holds, in a few words: "3 trials, 2 objectives (minimize, maximize)"."""
+    trials = len(study.get_trials(deepcopy=False))
+    objectives = len(study.directions)
+    return (f"{trials} trial{'s' * (trials != 1)}, {objectives} objective{'s' * (objectives != 1)} "
+            f"({_directions(study)})")
 
 
 # --- the edges of the range searched (shared with refine) ---

@@ -277,3 +277,104 @@ def test_stored_values_beyond_todays_bounds_are_shown_and_never_trained(workdir,
         assert run("refine", "--from", "old", "--show", "--epochs", "2", "--storage", path).exit_code == 0
     assert tested.exit_code == 2 and tested.stderr.count("\n") == 1, tested.output
     assert len(optuna.load_study(study_name="old", storage=_plain(path)).user_attrs) == 1  # nothing recorded
+
+
+# --- studies hpsearch did not make: listed, read-only, refused in one line ---
+
+FOREIGN = ("strings", "minimize", "multi")
+
+
+def _foreign_journal(path: str) -> None:
+    """Three studies written by plain Optuna into the journal hpsearch uses, each with an attribute of its own."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _plain(path)
+    studies = {"strings": optuna.create_study(storage=storage, study_name="strings", direction="maximize"),
+               "minimize": optuna.create_study(storage=storage, study_name="minimize", direction="minimize"),
+               "multi": optuna.create_study(storage=storage, study_name="multi", directions=["minimize", "maximize"])}
+    studies["strings"].optimize(lambda t: len(t.suggest_categorical("optimizer", ["sgd", "adam"]))
+                                + t.suggest_float("lr", 1e-3, 1e-1, log=True), n_trials=3)
+    studies["minimize"].optimize(lambda t: t.suggest_float("lr", 1e-3, 1e-1) ** 2, n_trials=3)  # hpsearch's names
+    studies["multi"].optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("n", 1, 5)), n_trials=3)
+    for study in studies.values():
+        study.set_user_attr("owner", "someone else")
+
+
+def _snapshot(path: str, name: str) -> tuple:
+    study = optuna.load_study(study_name=name, storage=_plain(path))
+    return study.user_attrs, [(t.number, t.state, t.params, t.values, t.user_attrs) for t in study.trials]
+
+
+@pytest.fixture(scope="module")
+def mixed_journal(tmp_path_factory) -> str:
+    """The foreign studies beside one tiny hpsearch study."""
+    path = str(tmp_path_factory.mktemp("foreign") / "studies.journal")
+    _foreign_journal(path)
+    result = run("grid", "--study", "ours", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256",
+                 "--epochs", "1", "--storage", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture()
+def mixed(mixed_journal, workdir) -> str:
+    path = str(workdir / "studies.journal")
+    shutil.copy(mixed_journal, path)
+    return path
+
+
+def test_the_listing_marks_foreign_studies_and_never_fails_because_of_them(mixed):
+    result = run("report", "--storage", mixed)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.stdout.splitlines() if line.startswith("│")}
+    assert rows["strings"][:3] == ["foreign", "maximize", "3"]
+    assert rows["minimize"][:3] == ["foreign", "minimize", "3"]
+    assert rows["multi"][:3] == ["foreign", "minimize, maximize", "3"]
+    assert rows["ours"][:3] == ["grid", "digits", "1"]
+
+
+WRITING = {  # every command that writes a study, aimed at a foreign one
+    "grid": ["grid", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256", "--epochs", "1"],
+    "random": ["random", "--trials", "1", "--epochs", "1"],
+    "tpe": ["tpe", "--trials", "1", "--epochs", "1"],
+    "grid-jobs": ["grid", "--lr", "0.1,0.01", "--weight-decay", "0", "--batch-size", "256", "--epochs", "1",
+                  "--jobs", "2"],
+    "refine": ["refine", "--from", "ours", "--epochs", "1"],
+}
+
+
+@pytest.mark.parametrize("command", WRITING)
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_writing_into_a_foreign_study_is_refused_before_anything_is_written(mixed, kind, command):
+    before = _snapshot(mixed, kind)
+    result = run(*WRITING[command], "--study", kind, "--storage", mixed)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"Error: study '{kind}' was not made by hpsearch; choose another --study\n"
+    assert _snapshot(mixed, kind) == before
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_reading_commands_refuse_a_foreign_study_in_one_line(mixed, kind):
+    before = _snapshot(mixed, kind)
+    trials = "3 trials, 2 objectives (minimize, maximize)" if kind == "multi" else f"3 trials, 1 objective ({kind if kind == 'minimize' else 'maximize'})"
+    for args, words in (
+        (["report", kind], f"it holds {trials}; hpsearch reads its own studies only"),
+        (["report", "ours", kind, "--format", "csv"], f"study '{kind}' was not made by hpsearch"),
+        (["refine", "--from", kind, "--show"], f"study '{kind}' was not made by hpsearch"),
+        (["test", "--study", kind], "test takes a study that hpsearch searched"),
+    ):
+        result = run(*args, "--storage", mixed)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"Error: study '{kind}' was not made by hpsearch;") and words in result.stderr
+        assert result.stderr.count("\n") == 1 and "internal error" not in result.stderr
+    assert _snapshot(mixed, kind) == before
+
+
+def test_an_empty_study_without_attributes_is_claimed(workdir):
+    """Nothing to lose: it may be one that another hpsearch process created a moment ago."""
+    path = str(workdir / "empty.journal")
+    optuna.create_study(storage=_plain(path), study_name="new", direction="maximize")
+    result = run("grid", "--study", "new", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256",
+                 "--epochs", "1", "--storage", path)
+    assert result.exit_code == 0, result.output
+    assert optuna.load_study(study_name="new", storage=_plain(path)).user_attrs["hpsearch"]["command"] == "grid"
