@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.search import SETTINGS_ATTR, decode_params, made_by_hpsearch, not_hpsearch
+from hpsearch.search import SETTINGS_ATTR, claimable, decode_params, made_by_hpsearch, not_hpsearch
 from hpsearch.spec import PARAMS
 from hpsearch.storage import load_study, open_storage
 
@@ -140,7 +140,7 @@ def read_results(names: Sequence[str], storage: str | None = None) -> Results:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     studies = {name: load_study(store.storage, store.shown, name) for name in names}
     for name, study in studies.items():
-        if not made_by_hpsearch(study) and (study.user_attrs or study.get_trials(deepcopy=False)):
+        if not claimable(study):  # an empty study without attributes is merely an empty table
             raise not_hpsearch(name, f"it holds {_foreign_summary(study)}; hpsearch reads its own studies only "
                                "(open this one with optuna.load_study or optuna-dashboard)")
     frame = rank(pd.concat([trials_frame(study) for study in studies.values()], ignore_index=True))

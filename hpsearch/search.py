@@ -120,7 +120,7 @@ def made_by_hpsearch(study: optuna.Study) -> bool:
     return isinstance(study.user_attrs.get(SETTINGS_ATTR), dict)
 
 
-def _claimable(study: optuna.Study) -> bool:
+def claimable(study: optuna.Study) -> bool:
     """hpsearch's, or holding nothing at all yet: no attribute, no trial, one objective. Such an empty study
     is claimed, not refused: it may be one that another hpsearch process has just created."""
     return made_by_hpsearch(study) or (not study.user_attrs and len(study.directions) == 1
@@ -567,7 +567,7 @@ def prepare_study(spec: StudySpec) -> tuple[StudySpec, Store, optuna.Study]:
     with store.batch():
         try:
             exists = spec.study in study_names(store.storage)
-            if exists and not _claimable(optuna.load_study(study_name=spec.study, storage=store.storage)):
+            if exists and not claimable(optuna.load_study(study_name=spec.study, storage=store.storage)):
                 raise not_hpsearch(spec.study, "choose another --study")  # before anything is written into it
             study = optuna.create_study(storage=store.storage, study_name=spec.study, direction=direction,
                                         load_if_exists=True, pruner=_pruner(spec))
