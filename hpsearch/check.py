@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from hpsearch.estimate import SLOW_STEP_MS, measure, step_ms
-from hpsearch.spec import make_config
+from hpsearch.spec import check_int, make_config
 from hpsearch.tasks import Task
-from hpsearch.train import EpochReport, member_losses, train_population
+from hpsearch.train import EpochReport, member_losses, require_trainable, train_population
 
 OVERFIT_BATCH = 32
 OVERFIT_STEPS = 500
@@ -38,7 +38,12 @@ class Finding:
 
 
 def run_checks(task: Task, population: int = 64, overfit_steps: int = OVERFIT_STEPS) -> list[Finding]:
-    """Every check on ``task`` (its tensors already on the device to check)."""
+    """Every check on ``task`` (its tensors already on the device to check).
+
+    A model with no trainable parameter is refused (BadInput) before any check: none would mean anything.
+    """
+    check_int("population", population)
+    require_trainable(_fresh_model(task), f"task '{task.name}'")
     return [parameter_count(task), *initial_loss(task), overfit_one_batch(task, overfit_steps),
             *step_times(task, population), memory(task, population)]
 
@@ -54,8 +59,6 @@ def parameter_count(task: Task) -> Finding:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = f", {total - trainable:,} of them frozen" if trainable < total else ""
-    if trainable == 0:
-        return Finding("parameters", f"the {type(model).__name__} model has no trainable parameters{frozen}", True)
     return Finding("parameters", f"{total:,} parameters in the {type(model).__name__} model{frozen}")
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import click
 
 from hpsearch.errors import HpsearchError, Interrupted
-from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, KINDS,
+from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, INT_BOUNDS, KINDS,
                            MAX_POINTS, PRUNERS, SAMPLED_DEFAULTS)
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
@@ -304,7 +304,7 @@ def tpe(**flags: Any) -> None:
 @main.command()
 @click.option("--from", "sources", metavar="STUDY", multiple=True, required=True,
               help="A study to refine from (repeat for several; their trials are ranked together).")
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--top", type=click.IntRange(*INT_BOUNDS["top"]), default=3, show_default=True,
               help="Refine around the best K completed trials.")
 @click.option("--sampler", type=click.Choice(["grid", "random", "tpe"]), default="grid", show_default=True,
               help="grid: every configuration of the neighbourhoods; random / tpe: --trials draws inside their ranges.")
@@ -351,6 +351,8 @@ def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) 
     size = f"{len(spec.points)} configurations" if spec.points is not None else f"{spec.trials} {spec.command} trials"
     click.echo(f"Refining {', '.join(sources)} around {len(refinement.top)} trials: {size}, {spec.epochs} epochs "
                f"(hpsearch refine --show lists them)", err=True)
+    for line in refinement.skipped:
+        click.echo(line, err=True)
     _run("refine", spec)
 
 
@@ -387,7 +389,7 @@ def final(name: str, trial: int | None, force: bool, storage: str | None, device
 @main.command()
 @_apply(TASK_OPTIONS)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
-@click.option("--population", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--population", type=click.IntRange(*INT_BOUNDS["population"]), default=64, show_default=True,
               help="Members of the population whose step time (and on CUDA, memory) is measured.")
 def check(device: str, population: int, **what: Any) -> None:
     """Check the setup before searching: the recipe's sanity checks, one line each.
@@ -430,7 +432,7 @@ def check(device: str, population: int, **what: Any) -> None:
               help="Write to this file instead of the terminal. [default for html: STUDY.html]")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Also write PNG plots into DIR: loss curves, accuracy against learning rate, importances.")
-@click.option("--top", type=click.IntRange(min=1), help="Only the best N rows.")
+@click.option("--top", type=click.IntRange(*INT_BOUNDS["top"]), help="Only the best N rows.")
 @click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL.")
 def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path | None, top: int | None,
            storage: str | None) -> None:

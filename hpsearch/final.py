@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 
 from hpsearch.errors import BadInput, RuntimeFailure
 from hpsearch.results import rank, trials_frame
-from hpsearch.search import SETTINGS_ATTR, param_config
+from hpsearch.search import SETTINGS_ATTR, decode_params, made_by_hpsearch, not_hpsearch, param_config
+from hpsearch.spec import bounds_text, in_bounds, point_problem
 from hpsearch.storage import load_study, open_storage
 
 TEST_ATTR = "test_result"
@@ -58,15 +59,23 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
     store = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(store.storage, store.shown, name)
-    settings = study.user_attrs.get(SETTINGS_ATTR)
-    if not settings:
-        raise BadInput(f"study '{name}' was not made by hpsearch (it has no '{SETTINGS_ATTR}' settings)")
+    if not made_by_hpsearch(study):
+        raise not_hpsearch(name, "test takes a study that hpsearch searched")
+    settings = study.user_attrs[SETTINGS_ATTR]
     recorded = study.user_attrs.get(TEST_ATTR)
     if recorded and not force:
         raise AlreadyTested(f"study '{name}' was tested already ({recorded.get('when')}): the test set is used once, "
                             "so that it cannot steer the search; --force evaluates again (and says so in the record)",
                             recorded)
     chosen = _chosen(study, trial)
+    # Values an older hpsearch stored (batch size 1e20, seed -5) train nothing meaningful: refused, not tried.
+    problem = point_problem(decode_params(chosen.params))
+    for key in ("seed", "epochs"):
+        if problem is None and not in_bounds(key, settings.get(key)):
+            problem = f"{key} {settings.get(key)!r} is not {bounds_text(key)}"
+    if problem is not None:
+        raise BadInput(f"trial {chosen.number} of study '{name}' cannot be trained again ({problem}); "
+                       "test another trial with --trial N")
     config = param_config(chosen.params, int(settings["seed"]))
     epochs = int(settings["epochs"])
 

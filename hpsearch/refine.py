@@ -37,16 +37,20 @@ import pandas as pd
 
 from hpsearch.errors import BadInput
 from hpsearch.results import PARAMS, Results, edge_flags, read_results, searched_ranges
-from hpsearch.search import SETTINGS_ATTR
+from hpsearch.search import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
 from hpsearch.spec import (
     SCALES,
     Dimension,
     Range,
     SearchSpace,
     StudySpec,
+    bounds_text,
     build_spec,
+    check_int,
     fmt,
+    in_bounds,
     make_config,
+    point_problem,
     tidy,
 )
 from hpsearch.storage import open_storage, study_names
@@ -84,6 +88,7 @@ class Refinement:
     neighbourhoods: dict[str, tuple[Neighbourhood, ...]]
     step: dict[str, float]  # the refined step per parameter, as a factor on its scale (batch size: 2)
     source_epochs: int
+    skipped: tuple[str, ...] = ()  # one line per source trial left out (values no longer allowed)
 
     def describe(self) -> list[str]:
         """The refined space, parameter by parameter, and the configurations it holds (``refine --show``)."""
@@ -92,6 +97,7 @@ class Refinement:
         studies = ", ".join(spec.source["studies"])  # type: ignore[index]
         lines = [(f"Study {spec.study}: refined from {studies} (top {len(self.top)}: {trials}); {spec.epochs} epochs "
                   f"(sources: {self.source_epochs}), seed {spec.seed}, sampler {spec.command}")]
+        lines += self.skipped
         for name in PARAMS:
             fixed = all(len(hood.values) == 1 for hood in self.neighbourhoods[name])
             lines.append(f"{name} ({'searched at one value' if fixed else _scale_note(name, self.step[name])}):")
@@ -176,11 +182,9 @@ def _why(name: str, best: float, values: tuple[float, ...], edge: str | None, lo
 def _settings(results: Results, names: Sequence[str]) -> dict[str, Mapping[str, object]]:
     settings = {}
     for name in names:
-        found = results.settings(name)
-        if not found:
-            raise BadInput(f"study '{name}' was not made by hpsearch (it has no '{SETTINGS_ATTR}' settings); "
-                           "refine reads hpsearch studies")
-        settings[name] = found
+        if not made_by_hpsearch(results.studies[name]):
+            raise not_hpsearch(name, "refine --from takes studies that hpsearch searched")
+        settings[name] = results.settings(name)
     first = names[0]
     task = [(s.get("task"), s.get("target"), s.get("kind")) for s in settings.values()]
     for name, this in zip(names, task):
@@ -190,13 +194,38 @@ def _settings(results: Results, names: Sequence[str]) -> dict[str, Mapping[str, 
     return settings
 
 
-def _top(frame: pd.DataFrame, names: Sequence[str], top: int) -> pd.DataFrame:
+def _top(frame: pd.DataFrame, names: Sequence[str], top: int, skipped: Sequence[str] = ()) -> pd.DataFrame:
     done = frame[frame["outcome"] == "completed"]
     for name in names:
         if not (done["study"] == name).any():
+            left_out = [line for line in skipped if line.startswith(f"skipped {name}#")]
+            if left_out:
+                raise BadInput(f"study '{name}' has no completed trial that can be trained again ({left_out[0]})")
             raise BadInput(f"study '{name}' has no completed trials to refine from; run it first "
                            f"(hpsearch report {name} shows what happened)")
     return done.head(top)
+
+
+def _carried(name: str, given: int | None, stored: int, study: str) -> int:
+    """A setting refine carries over from its source, unless given; a stored value beyond today's bounds
+    (written by an older hpsearch) is refused with the flag that overrides it."""
+    if given is not None:
+        return given
+    if not in_bounds(name, stored):
+        raise BadInput(f"study '{study}' was run with {name} {stored}, which is not {bounds_text(name)} now; "
+                       f"give --{name} to refine it")
+    return stored
+
+
+def _trainable(frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """The trials whose values may be trained today, and a line per trial left out (a study written by an
+    older hpsearch may hold a value that parsing refuses now: refining around it could only fail)."""
+    problems = [point_problem(row) if all(pd.notna(v) for v in row.values()) else None  # a trial not yet sampled
+                for row in frame[list(PARAMS)].to_dict("records")]
+    keep = [problem is None for problem in problems]
+    skipped = tuple(f"skipped {study}#{trial}: {problem}" for (study, trial), problem
+                    in zip(zip(frame["study"], frame["trial"]), problems) if problem is not None)
+    return frame[keep], skipped
 
 
 def _params(row: Mapping[str, object]) -> dict[str, float]:
@@ -272,8 +301,10 @@ def refine_spec(
     names = list(dict.fromkeys(sources))
     if not names:
         raise BadInput("name a study to refine from: --from STUDY")
-    if top < 1:
-        raise BadInput(f"--top {top}: refine around at least 1 trial")
+    check_int("top", top)
+    for name, value in (("epochs", epochs), ("seed", seed), ("trials", trials)):
+        if value is not None:  # given: checked before any study is read
+            check_int(name, value)
     if sampler not in SAMPLERS:
         raise BadInput(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}")
     if sampler == "grid" and trials is not None:
@@ -284,28 +315,31 @@ def refine_spec(
     results = read_results(names, storage)
     settings = _settings(results, names)
     first = settings[names[0]]
-    best = _top(results.frame, names, top)
-    grids = results.frame[results.frame["study"].isin([n for n in names if settings[n].get("command") == "grid"])]
+    frame, skipped = _trainable(results.frame)
+    best = _top(frame, names, top, skipped)
+    grids = frame[frame["study"].isin([n for n in names if settings[n].get("command") == "grid"])]
 
     hoods, step = {}, {}
     for name in PARAMS:
-        step[name], hoods[name] = _around(name, best, results.frame, grids)
+        step[name], hoods[name] = _around(name, best, frame, grids)
     points = _union(best, hoods)
 
     source_epochs = max(int(s.get("epochs", 1)) for s in settings.values())  # type: ignore[call-overload]
+    seed = _carried("seed", seed, int(first.get("seed", 0)), names[0])  # type: ignore[call-overload]
     if epochs is None:
+        source_epochs = _carried("epochs", None, source_epochs, names[0])  # the default grows from it
         epochs = max(source_epochs, min(MAX_EPOCHS, max(MIN_EPOCHS, EPOCHS_FACTOR * source_epochs)))
     origin = [{"study": r["study"], "trial": int(r["trial"]), "params": _params(r)} for r in best.to_dict("records")]
     source = {"studies": names, "trials": origin, "top": top, "rule": RULE}
     spec = build_spec(sampler, task=str(first["task"]), target=first.get("target"),  # type: ignore[arg-type]
                       kind=first.get("kind"), epochs=epochs,  # type: ignore[arg-type]
-                      seed=int(first.get("seed", 0)) if seed is None else seed,  # type: ignore[call-overload]
+                      seed=seed,
                       trials=trials, study=target, storage=storage, device=device,
                       prune=str(first.get("prune", "none")) if prune is None else prune)
     spec = replace(spec, space=_envelope(hoods, sampled=sampler != "grid"),
                    points=points if sampler == "grid" else None, source=source)
     _check_target(spec)
-    return Refinement(spec, tuple(origin), hoods, step, source_epochs)
+    return Refinement(spec, tuple(origin), hoods, step, source_epochs, skipped)
 
 
 def _check_target(spec: StudySpec) -> None:
@@ -313,7 +347,10 @@ def _check_target(spec: StudySpec) -> None:
     store = open_storage(spec.storage, create=False)
     if spec.study not in study_names(store.storage):
         return
-    stored = optuna.load_study(study_name=spec.study, storage=store.storage).user_attrs.get(SETTINGS_ATTR, {})
+    study = optuna.load_study(study_name=spec.study, storage=store.storage)
+    if not made_by_hpsearch(study):
+        raise not_hpsearch(spec.study, "choose another --study")
+    stored = study.user_attrs[SETTINGS_ATTR]
     if stored.get("source") != spec.source:
         what = "refined from other trials" if stored.get("source") else "not made by refine"
         raise BadInput(f"study '{spec.study}' already exists and was {what}; choose another --study name")

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.search import SETTINGS_ATTR, decode_params
+from hpsearch.search import SETTINGS_ATTR, claimable, decode_params, made_by_hpsearch, not_hpsearch
 from hpsearch.spec import PARAMS
 from hpsearch.storage import load_study, open_storage
 
@@ -72,15 +72,24 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     ok = ok.assign(rank=range(1, len(ok) + 1))
     out = pd.concat([ok, rest.assign(rank=pd.NA)], ignore_index=True) if len(rest) else ok.reset_index(drop=True)
     out["rank"] = out["rank"].astype("Int64")
-    out["batch_size"] = out["batch_size"].astype("Int64")
-    out["epochs"] = out["epochs"].astype("Int64")
-    out["stopped_epoch"] = out["stopped_epoch"].astype("Int64")
+    for name in ("batch_size", "epochs", "stopped_epoch"):
+        out[name] = _whole(out[name])
     out["delta"] = _delta(out)
     ranges = searched_ranges(out)
     out["edges"] = ""  # for the best row only: on a coarse grid every other row sits on some edge too
     if len(ok):
         out.loc[0, "edges"] = ", ".join(f"{name} {side}" for name, side in edge_flags(out.iloc[0], ranges).items())
     return out[COLUMNS]
+
+
+def _whole(column: pd.Series) -> pd.Series:
+    """Whole numbers as nullable integers; a column holding any other value (a batch size of 1e20 stored by
+    an older hpsearch, text from a foreign study) is left as it is: shown, never an overflow."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    fits = numbers.isna() | ((numbers.abs() < 2**53) & (numbers == numbers.round()))
+    if numbers.notna().sum() != column.notna().sum() or not fits.all():
+        return column
+    return numbers.astype("Int64")
 
 
 def _delta(ranked: pd.DataFrame) -> pd.Series:
@@ -130,23 +139,52 @@ def read_results(names: Sequence[str], storage: str | None = None) -> Results:
     store = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     studies = {name: load_study(store.storage, store.shown, name) for name in names}
+    for name, study in studies.items():
+        if not claimable(study):  # an empty study without attributes is merely an empty table
+            raise not_hpsearch(name, f"it holds {_foreign_summary(study)}; hpsearch reads its own studies only "
+                               "(open this one with optuna.load_study or optuna-dashboard)")
     frame = rank(pd.concat([trials_frame(study) for study in studies.values()], ignore_index=True))
     return Results(frame, studies)
 
 
 def list_studies(storage: str | None = None) -> pd.DataFrame:
-    """One row per study: name, command, task, trials finished and the best validation accuracy."""
+    """One row per study: name, command, task, trials finished and the best validation accuracy.
+
+    A study hpsearch did not make is listed as "foreign", its objectives in the task column; a study that
+    cannot be read is listed as such: the listing never fails because of one study.
+    """
     opened = open_storage(storage, create=False).storage
     rows = []
     for summary in opened.get_all_studies():
-        settings = summary.user_attrs.get("hpsearch", {})
-        study = optuna.load_study(study_name=summary.study_name, storage=opened)
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max  # regression: lowest loss
-        best = pick((t.value for t in trials if t.value is not None), default=None)
-        rows.append({"study": summary.study_name, "command": settings.get("command", ""),
-                     "task": settings.get("task", ""), "completed": len(trials), "best_val_accuracy": best})
+        row: dict[str, object] = {"study": summary.study_name, "command": "", "task": "", "completed": 0,
+                                  "best_val_accuracy": None}
+        try:
+            study = optuna.load_study(study_name=summary.study_name, storage=opened)
+            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            row["completed"] = len(trials)
+            if made_by_hpsearch(study):
+                settings = study.user_attrs[SETTINGS_ATTR]
+                pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max  # regression: lowest loss
+                row.update(command=settings.get("command", ""), task=settings.get("task", ""),
+                           best_val_accuracy=pick((t.value for t in trials if t.value is not None), default=None))
+            else:
+                row.update(command="foreign", task=_directions(study))
+        except Exception as error:  # noqa: BLE001 - one unreadable study must not hide the others
+            row.update(command="unreadable", task=type(error).__name__)
+        rows.append(row)
     return pd.DataFrame(rows, columns=["study", "command", "task", "completed", "best_val_accuracy"])
+
+
+def _directions(study: optuna.Study) -> str:
+    return ", ".join(d.name.lower() for d in study.directions)
+
+
+def _foreign_summary(study: optuna.Study) -> str:
+    """What a foreign study holds, in a few words: "3 trials, 2 objectives (minimize, maximize)"."""
+    trials = len(study.get_trials(deepcopy=False))
+    objectives = len(study.directions)
+    return (f"{trials} trial{'s' * (trials != 1)}, {objectives} objective{'s' * (objectives != 1)} "
+            f"({_directions(study)})")
 
 
 # --- the edges of the range searched (shared with refine) ---

@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
-from hpsearch.storage import Store, open_storage
+from hpsearch.storage import Store, open_storage, study_names
 from hpsearch.workers import (ATTEMPT_ATTR, HEARTBEAT_ATTR, REQUEUED_ATTR, Heartbeat, Worker, fail, lock_folder,
                               queued_params, reap, requeue, running_elsewhere)
 
@@ -119,6 +119,23 @@ def _metric(spec: StudySpec) -> str:
     from hpsearch.tasks import load_task
 
     return "val_loss" if load_task(spec.task, spec.target, spec.kind).kind == "regression" else "val_accuracy"
+
+
+def made_by_hpsearch(study: optuna.Study) -> bool:
+    """A study is hpsearch's when it carries hpsearch's settings; any other is foreign, and hpsearch only reads it."""
+    return isinstance(study.user_attrs.get(SETTINGS_ATTR), dict)
+
+
+def claimable(study: optuna.Study) -> bool:
+    """hpsearch's, or holding nothing at all yet: no attribute, no trial, one objective. Such an empty study
+    is claimed, not refused: it may be one that another hpsearch process has just created."""
+    return made_by_hpsearch(study) or (not study.user_attrs and len(study.directions) == 1
+                                       and not study.get_trials(deepcopy=False))
+
+
+def not_hpsearch(name: str, what: str) -> BadInput:
+    """The one-line refusal of a foreign study; ``what``: what to do instead."""
+    return BadInput(f"study '{name}' was not made by hpsearch; {what}")
 
 
 def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
@@ -582,18 +599,24 @@ def prepare_study(spec: StudySpec) -> tuple[StudySpec, Store, optuna.Study]:
     direction = optuna.study.StudyDirection.MINIMIZE if spec.metric == "val_loss" else optuna.study.StudyDirection.MAXIMIZE
     store = open_storage(spec.storage, create=True, jobs=spec.jobs)
     shown = store.shown
-    try:
-        study = optuna.create_study(storage=store.storage, study_name=spec.study, direction=direction,
-                                    load_if_exists=True, pruner=_pruner(spec))
-    except HpsearchError:  # already one line for a person (a torn journal, a full disk)
-        raise
-    except Exception as error:  # storage errors: one line, password hidden
-        raise RuntimeFailure(f"cannot open study '{spec.study}' in {shown}: {type(error).__name__}") from None
-    if study.direction != direction:
-        raise BadInput(f"study '{spec.study}' in {shown} is not an hpsearch study of a {spec.metric} task "
-                       f"(it {'maximises' if study.direction.name == 'MAXIMIZE' else 'minimises'}); "
-                       "choose another --study name")
-    _check_settings(study, spec)
+    # Under the storage's lock (journal files, PostgreSQL): another hpsearch process never sees the study
+    # created but not yet claimed with its settings.
+    with store.batch():
+        try:
+            exists = spec.study in study_names(store.storage)
+            if exists and not claimable(optuna.load_study(study_name=spec.study, storage=store.storage)):
+                raise not_hpsearch(spec.study, "choose another --study")  # before anything is written into it
+            study = optuna.create_study(storage=store.storage, study_name=spec.study, direction=direction,
+                                        load_if_exists=True, pruner=_pruner(spec))
+        except HpsearchError:
+            raise
+        except Exception as error:  # storage errors: one line, password hidden
+            raise RuntimeFailure(f"cannot open study '{spec.study}' in {shown}: {type(error).__name__}") from None
+        if study.direction != direction:
+            raise BadInput(f"study '{spec.study}' in {shown} is not an hpsearch study of a {spec.metric} task "
+                           f"(it {'maximises' if study.direction.name == 'MAXIMIZE' else 'minimises'}); "
+                           "choose another --study name")
+        _check_settings(study, spec)
     return spec, store, study
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import numbers
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from hpsearch.errors import BadInput
 
@@ -46,8 +47,44 @@ DEFAULT_RETRIES = 1  # one retry tells a passing fault (a full disk, a busy GPU)
 # reading 100,000 trials on every ask. A larger number is far more often a typo (an extra zero in a
 # count) than a plan, so it is refused before anything is built, with the way to ask for it.
 MAX_POINTS = 100_000
-# A range count beyond this is refused whatever --max-points says: its points could not be held in memory.
-MAX_RANGE_COUNT = 1_000_000_000
+
+# The allowed values of every integer setting (inclusive), checked where flags and study files are
+# parsed, before anything is written: a value beyond them used to be stored and then break every later
+# read, or to overflow deep inside torch, numpy or pandas. Each bound is far beyond any sensible search.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "batch_size": (1, 2**20),  # a million examples a step: full-batch on any data that fits in memory
+    "epochs": (1, 100_000),  # per-epoch curves are stored per trial; 1e5 points already make a big record
+    "seed": (0, 2**32 - 1),  # what numpy's seeding (Optuna's samplers) accepts; torch's as well
+    "trials": (1, 1_000_000),  # every trial is a record in the storage, read back by each report
+    "top": (1, 1_000_000),  # as many as there can be trials
+    "jobs": (1, 256),  # worker processes on one machine, each holding the task's data
+    "retries": (0, 100),  # re-runs of a failing configuration: a few tell a passing fault from a bug
+    "population": (1, 4096),  # members trained as one batched model (memory grows with it)
+    # Points of one counted range: the grid's size is limited on its own; this bound keeps the count a
+    # machine integer, so that its arithmetic never overflows a float.
+    "count": (2, 10**9),
+}
+
+
+def bounds_text(name: str) -> str:
+    low, high = INT_BOUNDS[name]
+    return f"an integer from {low} to {high}"
+
+
+def in_bounds(name: str, value: object) -> bool:
+    """Whether ``value`` is an integer within INT_BOUNDS[name] (a stored value may be anything)."""
+    low, high = INT_BOUNDS[name]
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_int(name: str, value: int, flag: str | None = None) -> int:
+    """``value`` when it lies in INT_BOUNDS[name], else a one-line BadInput naming the allowed range.
+
+    ``flag``: how the value was given ("--epochs", "studies/x.toml: key 'epochs' ="); default the flag.
+    """
+    if not in_bounds(name, value):
+        raise BadInput(f"{flag or '--' + name.replace('_', '-')} {value}: give {bounds_text(name)}")
+    return value
 
 
 def tidy(value: float) -> float:
@@ -150,18 +187,34 @@ def _number(name: str, text: str, whole: str) -> float:
     return float(text)
 
 
-def _check_value(name: str, value: float, whole: str) -> None:
-    flag = f"{FLAGS[name]} {whole}"
+def _check_value(name: str, value: float, flag: str) -> None:
     if not math.isfinite(value):
         raise BadInput(f"{flag}: {fmt(value)} is too large a number")
     if name == "lr" and not value > 0:
         raise BadInput(f"{flag}: a learning rate must be > 0, not {fmt(value)}")
     if name == "weight_decay" and value < 0:
         raise BadInput(f"{flag}: weight decay must be >= 0, not {fmt(value)}")
-    if name == "batch_size" and (value < 1 or value != int(value)):
-        raise BadInput(f"{flag}: a batch size must be a positive integer, not {fmt(value)}")
+    if name == "batch_size" and (value != int(value) or not INT_BOUNDS["batch_size"][0] <= value <= INT_BOUNDS["batch_size"][1]):
+        shown = str(int(value)) if value == int(value) and value < 1e15 else fmt(value)
+        raise BadInput(f"{flag}: a batch size must be {bounds_text('batch_size')}, not {shown}")
     if name == "momentum" and not 0 <= value < 1:
         raise BadInput(f"{flag}: momentum must be in [0, 1), not {fmt(value)}")
+
+
+def point_problem(params: Mapping[str, object]) -> str | None:
+    """Why a stored configuration cannot be trained (again) under today's rules, or None when it can.
+
+    A study written by an older hpsearch may hold values that parsing refuses now (batch size 1e20).
+    """
+    for name in PARAMS:
+        value = params.get(name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return f"{name} {value!r} is not a number"
+        try:
+            _check_value(name, float(value), f"{name} {fmt(float(value))}")
+        except BadInput as error:
+            return str(error)
+    return None
 
 
 def _parse_range(name: str, item: str, whole: str) -> Range:
@@ -171,7 +224,7 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
         raise BadInput(f"{flag}: a range is LOW:HIGH or LOW:HIGH:COUNT, not '{item}'")
     low, high = (_number(name, p, whole) for p in parts[:2])
     for value in (low, high):
-        _check_value(name, value, whole)
+        _check_value(name, value, flag)
     if not low < high:
         raise BadInput(f"{flag}: a range's low end must be below its high end (write {parts[1]}:{parts[0]})")
     if name == "weight_decay" and low == 0:
@@ -180,12 +233,13 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
         raise BadInput(f"{flag}: batch size ranges run over powers of two; make both ends powers of two (e.g. 16:256)")
     count = None
     if len(parts) == 3:
+        low_count, high_count = INT_BOUNDS["count"]
         digits = parts[2].strip().lstrip("0") or "0"  # length first: int() refuses a string of 4,300 digits
-        if not re.fullmatch(r"\d+", digits) or (len(digits) == 1 and int(digits) < 2):
-            raise BadInput(f"{flag}: the count of a range must be an integer >= 2, not '{parts[2]}'")
-        if len(digits) > len(str(MAX_RANGE_COUNT)) or int(digits) > MAX_RANGE_COUNT:
+        if not re.fullmatch(r"\d+", digits) or (len(digits) == 1 and int(digits) < low_count):
+            raise BadInput(f"{flag}: the count of a range must be {bounds_text('count')}, not '{parts[2]}'")
+        if len(digits) > len(str(high_count)) or int(digits) > high_count:
             shown = digits if len(digits) <= 24 else f"{digits[:10]}... ({len(digits):,} digits)"
-            raise BadInput(f"{FLAGS[name]}: the count of a range must be at most {MAX_RANGE_COUNT:,}, not {shown}")
+            raise BadInput(f"{FLAGS[name]}: the count of a range must be at most {high_count:,}, not {shown}")
         count = int(digits)
     return Range(low, high, count)
 
@@ -205,7 +259,7 @@ def parse_values(name: str, text: str) -> Dimension:
             ranges.append(_parse_range(name, item, whole))
         else:
             value = _number(name, item, whole)
-            _check_value(name, value, whole)
+            _check_value(name, value, f"{FLAGS[name]} {whole}")
             values.append(tidy(value))
     if len(ranges) > 1:
         raise BadInput(f"{FLAGS[name]} {whole}: give at most one range")
@@ -356,20 +410,16 @@ def build_spec(
         raise BadInput(f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}")
     space = parse_space(command, {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "momentum": momentum})
     task, stem = task_reference(task, data, target, kind)
-    if epochs < 1:
-        raise BadInput(f"--epochs {epochs}: train at least 1 epoch")
+    check_int("epochs", epochs)
+    check_int("seed", seed)
     if command != "grid":
-        trials = DEFAULT_TRIALS if trials is None else trials
-        if trials < 1:
-            raise BadInput(f"--trials {trials}: run at least 1 trial")
+        trials = check_int("trials", DEFAULT_TRIALS if trials is None else trials)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise BadInput(f"--device {device}: choose auto, cpu, cuda or cuda:INDEX")
     if prune not in PRUNERS:
         raise BadInput(f"--prune {prune}: choose one of {', '.join(PRUNERS)}")
-    if jobs < 1:
-        raise BadInput(f"--jobs {jobs}: run at least 1 worker")
-    if retries < 0:
-        raise BadInput(f"--retries {retries}: give 0 or more")
+    check_int("jobs", jobs)
+    check_int("retries", retries)
     name = study if study is not None else f"{stem}-{command}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise BadInput(f"--study '{name}': use letters, digits, '.', '_' and '-' (starting with a letter or digit)")

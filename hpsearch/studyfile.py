@@ -28,7 +28,7 @@ else:  # pragma: no cover - the same parser, from PyPI
     import tomli as tomllib
 
 from hpsearch.errors import BadInput
-from hpsearch.spec import BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, PARAMS, PRUNERS, fmt, parse_values
+from hpsearch.spec import BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, PARAMS, PRUNERS, check_int, fmt, parse_values
 
 # Every key a study file may hold, with its TOML type; the four parameters are read by _values_text.
 # A refine file names its sources (from), top and sampler instead of a task and a space.
@@ -61,6 +61,8 @@ def read_study_file(path: str | Path, command: str, options: Collection[str]) ->
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         # tomllib's message already says "(at line N, column M)"
         raise BadInput(f"{where}: not valid TOML: {str(error).splitlines()[0]}") from None
+    except ValueError:  # an integer of thousands of digits: Python refuses to convert it
+        raise BadInput(f"{where}: holds a number too long to read; integers are far smaller") from None
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in KEYS and key not in PARAMS:
@@ -76,6 +78,8 @@ def read_study_file(path: str | Path, command: str, options: Collection[str]) ->
             raise BadInput(f"{where}: key '{key}' must be {_TOML_TYPES[wanted]}, not {_describe(value)}")
         if key in CHOICES and value not in CHOICES[key]:
             raise BadInput(f"{where}: key '{key}' = {value!r}: choose one of {', '.join(CHOICES[key])}")
+        if wanted is int:
+            check_int(key, value, f"{where}: key '{key}' =")
         values[key] = value
     file_command = values.pop("command", command)
     if file_command != command:

@@ -6,6 +6,8 @@ vmap(functional_call)), one backward over the summed member losses (written by h
 Linear/ReLU stacks, which skips the autograd engine; autograd for the rest),
 and a vectorised SGD step with per-member learning rate, weight decay and momentum
 (``torch.optim.SGD`` semantics: coupled weight decay, dampening 0, no Nesterov).
+A parameter with ``requires_grad=False`` stays frozen, as under ``torch.optim.SGD`` (no step, no
+weight decay, no momentum); a model with no trainable parameter is refused.
 Each member has its own seed for initialisation and data order, so a member ends where the same
 configuration trained alone would: a population of one *is* the single-trial trainer.
 BatchNorm keeps running statistics per member; Dropout draws different masks per member (so
@@ -80,6 +82,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def require_trainable(model: nn.Module, where: str) -> None:
+    """Refuse a model with nothing to train: every search would rank untrained copies of it."""
+    if not any(p.requires_grad for p in model.parameters()):
+        total = sum(p.numel() for p in model.parameters())
+        what = f"all {total:,} of its parameters have requires_grad=False" if total else "it has no parameters"
+        raise BadInput(f"{where}: the {type(model).__name__} model has no trainable parameter ({what}); "
+                       "unfreeze the parameters to tune")
+
+
 def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device)
 
@@ -93,7 +104,8 @@ class _Batched:
     """A population's parameters as leaf tensors (P, ...) in the trainer's layout, and how to use them.
 
     ``forward(params, x)`` maps inputs (P, B, ...) or shared inputs (B, ...) to outputs (P, B, C);
-    ``export(params)`` gives the parameters under the module's names and layout.
+    ``export(params)`` gives the parameters under the module's names and layout. A parameter
+    requires grad exactly when the module's does: the trainer steps only those (frozen ones stay).
     """
 
     params: list[torch.Tensor]
@@ -129,9 +141,12 @@ def _fused_mlp(models: list[nn.Module], device: torch.device, kind: str) -> _Bat
         return None
     params = []
     for name in linears:
+        module = dict(models[0].named_children())[name]
         weights = torch.stack([dict(m.named_parameters())[f"{name}.weight"].detach() for m in models])
         biases = torch.stack([dict(m.named_parameters())[f"{name}.bias"].detach() for m in models])
-        params += [weights.to(device), biases.unsqueeze(1).to(device)]
+        # requires_grad only marks what the trainer steps: the gradients are written by hand
+        params += [weights.to(device).requires_grad_(module.weight.requires_grad),
+                   biases.unsqueeze(1).to(device).requires_grad_(module.bias.requires_grad)]
 
     def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         h, i = x, 0
@@ -241,11 +256,11 @@ def _vmapped(models: list[nn.Module], device: torch.device, probe: torch.Tensor)
     def keep(rows: torch.Tensor) -> None:
         buffers.update({k: v[rows] for k, v in buffers.items()})
 
-    params = [v.detach().to(device).requires_grad_() for v in stacked.values()]
+    params = [v.detach().to(device).requires_grad_(v.requires_grad) for v in stacked.values()]
     saved = {k: v.clone() for k, v in buffers.items()}
     try:
         base.train(True)
-        torch.autograd.grad(forward(params, probe).sum(), params, allow_unused=True)
+        torch.autograd.grad(forward(params, probe).sum(), [p for p in params if p.requires_grad], allow_unused=True)
         base.train(False)
         with torch.no_grad():
             forward(params, probe[0])
@@ -281,7 +296,7 @@ def _one_at_a_time(models: list[nn.Module], device: torch.device, member_dims: i
     def keep(rows: torch.Tensor) -> None:
         members[:] = [members[row] for row in rows.tolist()]
 
-    params = [v.detach().to(device).requires_grad_() for v in stacked.values()]
+    params = [v.detach().to(device).requires_grad_(v.requires_grad) for v in stacked.values()]
     return _Batched(params, forward, export, train, keep)
 
 
@@ -324,6 +339,7 @@ def train_population(
             # would also seed every accelerator backend, at ~1 ms a call.
             torch.default_generator.manual_seed(c.seed)
             models.append(task.make_model())
+    require_trainable(models[0], f"task '{task.name}'")
     # A tiny batch per member (two examples: BatchNorm needs more than one) to try torch.func on.
     probe = x_train[torch.arange(len(models) * 2, device=device) % n].view(len(models), 2, *x_train.shape[1:])
     batched = _fused_mlp(models, device, task.kind) or _vmapped(models, device, probe)
@@ -332,6 +348,8 @@ def train_population(
                    "its members train one at a time (slower, same results)")
         batched = _one_at_a_time(models, device, probe.dim())
     params = batched.params
+    # Positions of the trainable parameters: only they get gradients, velocity and steps.
+    stepped = [k for k, p in enumerate(params) if p.requires_grad]
 
     ids = list(range(len(configs)))  # original index of each row still training
     results = [MemberResult(c) for c in configs]
@@ -339,7 +357,7 @@ def train_population(
     lr = _per_member([c.lr for c in configs], x_train)
     wd = _per_member([c.weight_decay for c in configs], x_train)
     mom = _per_member([c.momentum for c in configs], x_train)
-    velocity = [torch.zeros_like(p) for p in params]
+    velocity = [torch.zeros_like(params[k]) for k in stepped]
     limit: torch.Tensor | None = None
 
     for epoch in range(1, epochs + 1):
@@ -348,7 +366,7 @@ def train_population(
         alive = torch.ones(rows, dtype=torch.bool, device=device)
         losses_seen = torch.empty(steps, rows, device=device)  # read once, at the end of the epoch
         order = torch.stack([torch.randperm(n, generator=generators[i]) for i in ids]).to(device)
-        shapes = [(-1,) + (1,) * (p.dim() - 1) for p in params]
+        shapes = [(-1,) + (1,) * (params[k].dim() - 1) for k in stepped]
         wd_views = [wd.view(shape) for shape in shapes]
         mom_views = [mom.view(shape) for shape in shapes]
         batched.train(True)
@@ -358,11 +376,13 @@ def train_population(
             x = x_train.index_select(0, index).view(rows, -1, *x_train.shape[1:])
             y = y_train.index_select(0, index).view(rows, -1, *y_train.shape[1:])
             # Members are independent rows: a diverged member's NaN reaches no other member's gradient.
+            trainable = [params[k] for k in stepped]
             if batched.grads is not None:
-                losses, grads = batched.grads(params, x, y)
+                losses, every = batched.grads(params, x, y)
+                grads = [every[k] for k in stepped]
             else:
                 losses = member_losses(task.kind, batched.forward(params, x), y)
-                grads = torch.autograd.grad(losses.sum(), params)
+                grads = list(torch.autograd.grad(losses.sum(), trainable))
             with torch.no_grad():
                 loss = losses.detach()
                 if limit is None:
@@ -372,7 +392,7 @@ def train_population(
                 step_size = lr * alive
                 # torch.optim.SGD: d = g + wd * p; v = momentum * v + d; p = p - lr * v (in place:
                 # fresh large tensors cost page faults on the CPU)
-                for p, g, v, shape, wd_view, mom_view in zip(params, grads, velocity, shapes, wd_views, mom_views):
+                for p, g, v, shape, wd_view, mom_view in zip(trainable, grads, velocity, shapes, wd_views, mom_views):
                     g.addcmul_(p, wd_view)
                     torch.addcmul(g, v, mom_view, out=v)
                     p.addcmul_(step_size.view(shape), v, value=-1.0)

@@ -37,6 +37,7 @@ from torch import nn
 from hpsearch.errors import BadInput, HpsearchError
 from hpsearch.spec import DATA_SUFFIXES, task_reference
 from hpsearch.tasks import KINDS, Split, Task, carve, mlp, note_once
+from hpsearch.train import require_trainable
 
 CARVED = 0.2  # the share of the given training data carved out for each missing split
 MIN_ROWS = 2  # per split, after carving: fewer has no spread to standardise with and nothing to rank on
@@ -259,6 +260,7 @@ def _checked(task: Task, source: Source) -> Task:
     model = _user_code(task.make_model, f"{where}: make_model()")
     if not isinstance(model, nn.Module):
         raise BadInput(f"{where}: make_model() returned {type(model).__name__}, not a torch.nn.Module")
+    require_trainable(model, where)
     x = splits["train"][0][:2]
     with torch.no_grad():
         out = _user_code(lambda: model.eval()(x), f"{where}: the model, on 2 training inputs of shape {tuple(x.shape)},")

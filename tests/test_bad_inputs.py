@@ -86,6 +86,13 @@ CASES = [
     ("storage-password-percent-encoded", ["grid", "--storage", f"postgresql://me:{quote(SECRET + '/?')}@127.0.0.1:1/db"], 1),
     ("storage-user-with-at", ["report", "x", "--storage", f"postgresql://me@corp:{SECRET}@127.0.0.1:1/db"], 1),
     ("torn-journal", ["report", "coarse", "--storage", "torn.journal"], 1),
+    ("batch-size-1e20", ["grid", "--batch-size", "1e20"], 2),
+    ("epochs-beyond-bounds-dry-run", ["grid", "--epochs", "99999999999999999999", "--dry-run"], 2),
+    ("seed-negative", ["grid", "--seed", "-5"], 2),
+    ("seed-beyond-2-to-the-32", ["tpe", "--seed", "4294967296"], 2),
+    ("trials-beyond-bounds", ["random", "--trials", "99999999999"], 2),
+    ("range-count-beyond-bounds", ["random", "--lr", "1e-4:1e-1:99999999999999999999"], 2),
+    ("report-top-beyond-bounds", ["report", "coarse", "--top", "99999999999999999999999"], 2),
 ]
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
 
-from hpsearch.check import initial_loss, memory, overfit_one_batch, parameter_count
+from hpsearch.check import initial_loss, memory, overfit_one_batch, parameter_count, run_checks
 from hpsearch.cli import main
+from hpsearch.errors import BadInput
 
 
 class IgnoresInput(nn.Module):
@@ -48,14 +50,53 @@ def test_a_model_that_ignores_its_input_cannot_overfit_one_batch(digits):
     assert "check that the output depends on the input" in finding.text
 
 
-def test_a_model_without_trainable_parameters_is_flagged(digits):
+FROZEN_TASK = """
+import torch
+from torch import nn
+from hpsearch import Task
+
+def frozen():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    model.requires_grad_(False)
+    return model
+
+def make():
+    x = torch.randn(64, 4)
+    return Task('frozen', frozen, (x, (x[:, 0] > 0).long()), None, None, 2)
+"""
+
+
+def test_a_model_without_trainable_parameters_is_refused_not_checked(digits):
     def frozen() -> nn.Module:
         model = nn.Linear(64, 10)
         model.requires_grad_(False)
         return model
 
-    finding = parameter_count(replace(digits, make_model=frozen))
-    assert finding.warning and "no trainable parameters" in finding.text and "650 of them frozen" in finding.text
+    task = replace(digits, make_model=frozen)
+    with pytest.raises(BadInput, match=r"has no trainable parameter \(all 650 of its parameters have requires_grad"):
+        run_checks(task)
+    with pytest.raises(BadInput, match="has no trainable parameter"):  # never "can overfit one batch"
+        overfit_one_batch(task, steps=5)
+
+
+@pytest.mark.parametrize("command", [["check"], ["grid", "--epochs", "1"]])
+def test_a_frozen_plugin_model_is_one_line_and_exit_2(workdir, command):
+    (workdir / "frozen.py").write_text(FROZEN_TASK)
+    result = CliRunner().invoke(main, [*command, "--task", "frozen.py:make"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "Error: frozen.py:make: the Sequential model has no trainable parameter "
+        "(all 58 of its parameters have requires_grad=False); unfreeze the parameters to tune"]
+    assert "overfit" not in result.stdout and not (workdir / "studies").exists()
+
+
+def test_a_partly_frozen_model_is_counted(digits):
+    def half() -> nn.Module:
+        model = nn.Sequential(nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 10))
+        model[0].requires_grad_(False)
+        return model
+
+    assert parameter_count(replace(digits, make_model=half)).text == "760 parameters in the Sequential model, 650 of them frozen"
 
 
 def test_an_overconfident_initialisation_is_a_warning(digits):

@@ -300,3 +300,156 @@ def test_a_report_writes_over_its_own_earlier_file(journal, tmp_path, fmt):
         result = run("report", "coarse", "--format", fmt, "--output", str(page), "--plots", str(plots), "--storage", journal)
         assert result.exit_code == 0, result.output
     assert page.stat().st_size > 0 and len(list(plots.iterdir())) == 3
+
+
+# --- values an older hpsearch stored, which parsing refuses now ---
+
+def _plain(path: str) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+
+
+def _hpsearch_trial(batch_size: int, accuracy: float, epochs: int = 1) -> optuna.trial.FrozenTrial:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    return optuna.trial.create_trial(
+        params={"lr": 0.1, "weight_decay": 0.0, "batch_size": batch_size, "momentum": 0.9},
+        distributions={"lr": FloatDistribution(0.01, 0.1), "weight_decay": FloatDistribution(0.0, 0.0),
+                       "batch_size": IntDistribution(32, max(32, batch_size)), "momentum": FloatDistribution(0.9, 0.9)},
+        value=accuracy, user_attrs={"outcome": "completed", "epochs": epochs, "val_accuracy": [accuracy],
+                                    "val_loss": [1.0], "train_loss": [1.0, 0.9]})
+
+
+@pytest.mark.parametrize("odd", ["batch_size", "epochs"])
+def test_stored_values_beyond_todays_bounds_are_shown_and_never_trained(workdir, odd):
+    """A study written before the bounds (batch size 1e20, 1e20 epochs): report, the listing, csv and json show
+    it as it is; refine leaves the trial out with a line, or asks for the flag; test refuses it in one line."""
+    path = str(workdir / "old.journal")
+    huge = 10**20
+    study = optuna.create_study(storage=_plain(path), study_name="old", direction="maximize")
+    study.set_user_attr("hpsearch", {"command": "grid", "task": "digits", "epochs": huge if odd == "epochs" else 1,
+                                     "seed": 0, "prune": "none", "metric": "val_accuracy",
+                                     "space": {"lr": "0.1", "weight_decay": "0", "batch_size": "32", "momentum": "0.9"}})
+    study.add_trial(_hpsearch_trial(huge, 0.9) if odd == "batch_size" else _hpsearch_trial(32, 0.9, epochs=huge))
+    study.add_trial(_hpsearch_trial(32, 0.5))
+    for args in (["report", "old"], ["report", "old", "--format", "csv"], ["report", "old", "--format", "json"],
+                 ["report"]):
+        result = run(*args, "--storage", path)
+        assert result.exit_code == 0 and "internal error" not in result.output, result.output
+        assert args == ["report"] or str(huge) in result.stdout
+    tested = run("test", "--study", "old", "--storage", path)
+    refined = run("refine", "--from", "old", "--show", "--storage", path)
+    if odd == "batch_size":
+        assert tested.stderr.startswith("Error: trial 0 of study 'old' cannot be trained again (batch_size 1e+20")
+        assert refined.exit_code == 0, refined.output
+        assert "skipped old#0: batch_size 1e+20: a batch size must be an integer from 1 to 1048576" in refined.stdout
+        assert "[old#1]" in refined.stdout and "old#0]" not in refined.stdout
+    else:
+        assert tested.stderr.startswith(f"Error: trial 0 of study 'old' cannot be trained again (epochs {huge} is not "
+                                        "an integer from 1 to 100000)")
+        assert refined.stderr.startswith(f"Error: study 'old' was run with epochs {huge}, which is not an integer "
+                                         "from 1 to 100000 now; give --epochs")
+        assert refined.exit_code == 2 and refined.stderr.count("\n") == 1
+        assert run("refine", "--from", "old", "--show", "--epochs", "2", "--storage", path).exit_code == 0
+    assert tested.exit_code == 2 and tested.stderr.count("\n") == 1, tested.output
+    assert len(optuna.load_study(study_name="old", storage=_plain(path)).user_attrs) == 1  # nothing recorded
+
+
+# --- studies hpsearch did not make: listed, read-only, refused in one line ---
+
+FOREIGN = ("strings", "minimize", "multi")
+
+
+def _foreign_journal(path: str) -> None:
+    """Three studies written by plain Optuna into the journal hpsearch uses, each with an attribute of its own."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _plain(path)
+    studies = {"strings": optuna.create_study(storage=storage, study_name="strings", direction="maximize"),
+               "minimize": optuna.create_study(storage=storage, study_name="minimize", direction="minimize"),
+               "multi": optuna.create_study(storage=storage, study_name="multi", directions=["minimize", "maximize"])}
+    studies["strings"].optimize(lambda t: len(t.suggest_categorical("optimizer", ["sgd", "adam"]))
+                                + t.suggest_float("lr", 1e-3, 1e-1, log=True), n_trials=3)
+    studies["minimize"].optimize(lambda t: t.suggest_float("lr", 1e-3, 1e-1) ** 2, n_trials=3)  # hpsearch's names
+    studies["multi"].optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("n", 1, 5)), n_trials=3)
+    for study in studies.values():
+        study.set_user_attr("owner", "someone else")
+
+
+def _snapshot(path: str, name: str) -> tuple:
+    study = optuna.load_study(study_name=name, storage=_plain(path))
+    return study.user_attrs, [(t.number, t.state, t.params, t.values, t.user_attrs) for t in study.trials]
+
+
+@pytest.fixture(scope="module")
+def mixed_journal(tmp_path_factory) -> str:
+    """The foreign studies beside one tiny hpsearch study."""
+    path = str(tmp_path_factory.mktemp("foreign") / "studies.journal")
+    _foreign_journal(path)
+    result = run("grid", "--study", "ours", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256",
+                 "--epochs", "1", "--storage", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture()
+def mixed(mixed_journal, workdir) -> str:
+    path = str(workdir / "studies.journal")
+    shutil.copy(mixed_journal, path)
+    return path
+
+
+def test_the_listing_marks_foreign_studies_and_never_fails_because_of_them(mixed):
+    result = run("report", "--storage", mixed)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.stdout.splitlines() if line.startswith("│")}
+    assert rows["strings"][:3] == ["foreign", "maximize", "3"]
+    assert rows["minimize"][:3] == ["foreign", "minimize", "3"]
+    assert rows["multi"][:3] == ["foreign", "minimize, maximize", "3"]
+    assert rows["ours"][:3] == ["grid", "digits", "1"]
+
+
+WRITING = {  # every command that writes a study, aimed at a foreign one
+    "grid": ["grid", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256", "--epochs", "1"],
+    "random": ["random", "--trials", "1", "--epochs", "1"],
+    "tpe": ["tpe", "--trials", "1", "--epochs", "1"],
+    "grid-jobs": ["grid", "--lr", "0.1,0.01", "--weight-decay", "0", "--batch-size", "256", "--epochs", "1",
+                  "--jobs", "2"],
+    "refine": ["refine", "--from", "ours", "--epochs", "1"],
+}
+
+
+@pytest.mark.parametrize("command", WRITING)
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_writing_into_a_foreign_study_is_refused_before_anything_is_written(mixed, kind, command):
+    before = _snapshot(mixed, kind)
+    result = run(*WRITING[command], "--study", kind, "--storage", mixed)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"Error: study '{kind}' was not made by hpsearch; choose another --study\n"
+    assert _snapshot(mixed, kind) == before
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_reading_commands_refuse_a_foreign_study_in_one_line(mixed, kind):
+    before = _snapshot(mixed, kind)
+    trials = "3 trials, 2 objectives (minimize, maximize)" if kind == "multi" else f"3 trials, 1 objective ({kind if kind == 'minimize' else 'maximize'})"
+    for args, words in (
+        (["report", kind], f"it holds {trials}; hpsearch reads its own studies only"),
+        (["report", "ours", kind, "--format", "csv"], f"study '{kind}' was not made by hpsearch"),
+        (["refine", "--from", kind, "--show"], f"study '{kind}' was not made by hpsearch"),
+        (["test", "--study", kind], "test takes a study that hpsearch searched"),
+    ):
+        result = run(*args, "--storage", mixed)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"Error: study '{kind}' was not made by hpsearch;") and words in result.stderr
+        assert result.stderr.count("\n") == 1 and "internal error" not in result.stderr
+    assert _snapshot(mixed, kind) == before
+
+
+def test_an_empty_study_without_attributes_is_claimed(workdir):
+    """Nothing to lose: it may be one that another hpsearch process created a moment ago."""
+    path = str(workdir / "empty.journal")
+    optuna.create_study(storage=_plain(path), study_name="new", direction="maximize")
+    result = run("grid", "--study", "new", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256",
+                 "--epochs", "1", "--storage", path)
+    assert result.exit_code == 0, result.output
+    assert optuna.load_study(study_name="new", storage=_plain(path)).user_attrs["hpsearch"]["command"] == "grid"

@@ -3,7 +3,10 @@ from __future__ import annotations
 import pytest
 
 from hpsearch.errors import BadInput
-from hpsearch.spec import build_spec, make_config, parse_space, parse_values
+from click.testing import CliRunner
+
+from hpsearch.cli import main
+from hpsearch.spec import INT_BOUNDS, build_spec, make_config, parse_space, parse_values, point_problem
 
 
 def test_lists_are_sorted_and_deduplicated():
@@ -32,22 +35,22 @@ def test_ranges_are_spaced_on_the_natural_scale(name, text, expected):
         ("grid", {"lr": "-1e-3"}, "learning rate must be > 0"),
         ("grid", {"lr": "1e-1:1e-3:3"}, "low end must be below"),
         ("grid", {"lr": "1e-4:1e-1"}, "a grid needs a list of values or a count"),
-        ("grid", {"lr": "1e-4:1e-1:1"}, "count of a range must be an integer >= 2"),
-        ("grid", {"lr": "1e-4:1e-1:x"}, "count of a range must be an integer >= 2"),
+        ("grid", {"lr": "1e-4:1e-1:1"}, "count of a range must be an integer from 2 to 1000000000"),
+        ("grid", {"lr": "1e-4:1e-1:x"}, "count of a range must be an integer from 2 to 1000000000"),
         ("grid", {"lr": "abc"}, "'abc' is not a number"),
         ("grid", {"lr": "1e-3,,1e-2"}, "give a comma list"),
         ("grid", {"lr": "1:2:3:4"}, "a range is LOW:HIGH"),
         ("grid", {"weight_decay": "-1e-4"}, "weight decay must be >= 0"),
         ("grid", {"weight_decay": "0:1e-2:3"}, "cannot start at 0"),
-        ("grid", {"batch_size": "0"}, "positive integer"),
-        ("grid", {"batch_size": "12.5"}, "positive integer"),
+        ("grid", {"batch_size": "0"}, "an integer from 1 to 1048576"),
+        ("grid", {"batch_size": "12.5"}, "an integer from 1 to 1048576"),
         ("grid", {"batch_size": "20:100"}, "powers of two"),
         ("grid", {"momentum": "1"}, "momentum must be in [0, 1)"),
         ("grid", {"momentum": "-0.1"}, "momentum must be in [0, 1)"),
         ("random", {"lr": "1e-3,1e-5:1e-1"}, "only for weight decay's 0"),
         ("random", {"lr": "1e-5:1e-3,1e-2:1"}, "at most one range"),
-        ("grid", {"epochs": 0}, "at least 1 epoch"),
-        ("random", {"trials": 0}, "at least 1 trial"),
+        ("grid", {"epochs": 0}, "--epochs 0: give an integer from 1 to 100000"),
+        ("random", {"trials": 0}, "--trials 0: give an integer from 1 to 1000000"),
         ("grid", {"device": "gpu"}, "choose auto, cpu, cuda"),
         ("grid", {"study": "a b"}, "--study 'a b'"),
     ],
@@ -126,3 +129,77 @@ def test_the_size_is_a_product_of_counts_that_matches_the_grid_and_the_limit_can
     assert build_spec("grid", lr="1e-4:1e-1:200000", weight_decay="0", batch_size="32", max_points=200_000)
     with pytest.raises(BadInput, match="--max-points 0"):
         build_spec("grid", max_points=0)
+
+
+# --- every integer has bounds, checked before anything is written ---
+
+BUILD_SPEC_INTS = ("epochs", "seed", "trials", "jobs", "retries")  # the integers build_spec takes
+
+
+@pytest.mark.parametrize("name", BUILD_SPEC_INTS)
+def test_each_integer_is_refused_just_outside_its_bounds_and_taken_on_them(name):
+    low, high = INT_BOUNDS[name]
+    for value in (low, high):
+        assert getattr(build_spec("random", **{name: value}), name) == value
+    for value in (low - 1, high + 1, 10**20, -(10**20)):
+        with pytest.raises(BadInput) as caught:
+            build_spec("random", **{name: value})
+        assert str(caught.value) == f"--{name} {value}: give an integer from {low} to {high}"
+
+
+@pytest.mark.parametrize("text", ["1e20", "2097152", "16:2097152", "0:64"])
+def test_batch_sizes_beyond_their_bounds_are_refused(text):
+    with pytest.raises(BadInput, match="a batch size must be an integer from 1 to 1048576"):
+        parse_values("batch_size", text)
+
+
+@pytest.mark.parametrize("count", ["1", "1000000001", "99999999999999999999", "9" * 5000])
+def test_range_counts_beyond_their_bounds_are_refused(count):
+    with pytest.raises(BadInput, match="the count of a range must be an integer from 2 to 1000000000"):
+        parse_values("lr", f"1e-4:1e-1:{count}")
+
+
+def test_stored_values_are_checked_by_the_same_rules():
+    good = {"lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}
+    assert point_problem(good) is None
+    assert "a batch size must be an integer from 1 to 1048576, not 1e+20" in point_problem({**good, "batch_size": 10**20})
+    assert point_problem({**good, "lr": "fast"}) == "lr 'fast' is not a number"
+
+
+# (id, arguments, study file text or None, words of the one-line error): flags and study files alike
+INT_CASES = [
+    ("batch-size-1e20", ["grid", "--batch-size", "1e20"], None, "a batch size must be an integer from 1 to 1048576"),
+    ("batch-size-range-end", ["random", "--batch-size", "16:4194304"], None, "from 1 to 1048576"),
+    ("epochs-huge-dry-run", ["grid", "--epochs", "99999999999999999999", "--dry-run"], None, "from 1 to 100000"),
+    ("epochs-negative", ["tpe", "--epochs", "-3"], None, "--epochs -3: give an integer from 1 to 100000"),
+    ("seed-negative", ["grid", "--seed", "-5"], None, "--seed -5: give an integer from 0 to 4294967295"),
+    ("seed-2-to-the-32", ["random", "--seed", "4294967296"], None, "from 0 to 4294967295"),
+    ("trials-huge", ["random", "--trials", "10000001"], None, "from 1 to 1000000"),
+    ("jobs-huge", ["grid", "--jobs", "100000"], None, "from 1 to 256"),
+    ("retries-huge", ["grid", "--retries", "101"], None, "from 0 to 100"),
+    ("count-huge", ["grid", "--lr", "1e-4:1e-1:99999999999999999999"], None, "from 2 to 1000000000"),
+    ("refine-top-huge", ["refine", "--from", "x", "--top", "10000000000"], None, "1<=x<=1000000"),
+    ("refine-seed-negative", ["refine", "--from", "x", "--seed", "-1"], None, "--seed -1"),
+    ("report-top-huge", ["report", "x", "--top", "99999999999999999999999"], None, "1<=x<=1000000"),
+    ("check-population-huge", ["check", "--population", "99999999999"], None, "1<=x<=4096"),
+    ("toml-epochs-huge", ["grid", "--dry-run"], "epochs = 99999999999999999999\n", "key 'epochs' = 99999999999999999999"),
+    ("toml-epochs-5000-digits", ["grid"], "epochs = 1" + "0" * 5000 + "\n", "a number too long to read"),
+    ("toml-seed-negative", ["random"], "seed = -5\n", "key 'seed' = -5: give an integer from 0 to 4294967295"),
+    ("toml-trials-huge", ["tpe"], "trials = 10000000\n", "key 'trials' = 10000000"),
+    ("toml-jobs-zero", ["grid"], "jobs = 0\n", "key 'jobs' = 0: give an integer from 1 to 256"),
+    ("toml-top-huge", ["refine"], 'from = ["x"]\ntop = 9999999999\n', "key 'top' = 9999999999"),
+    ("toml-batch-size-1e20", ["grid"], "batch_size = 1e20\n", "key 'batch_size'"),
+    ("toml-count-huge", ["grid"], "lr = {low = 1e-4, high = 1e-1, count = 99999999999}\n", "from 2 to 1000000000"),
+]
+
+
+@pytest.mark.parametrize("args, toml, words", [pytest.param(a, t, w, id=i) for i, a, t, w in INT_CASES])
+def test_integers_out_of_bounds_are_one_line_before_anything_is_written(workdir, args, toml, words):
+    if toml is not None:
+        (workdir / "bad.toml").write_text(toml)
+        args = [*args, "--config", "bad.toml"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], result.stderr
+    assert "internal error" not in lines[0] and not (workdir / "studies").exists()

@@ -9,7 +9,7 @@ from torch import nn
 from hpsearch.errors import BadInput
 from hpsearch.spec import make_config
 from hpsearch.tasks import Task
-from hpsearch.train import EpochReport, _fused_mlp, member_losses, resolve_device, train_population
+from hpsearch.train import EpochReport, _fused_mlp, _vmapped, member_losses, resolve_device, train_population
 
 TOL = 1e-5  # batched and unbatched matmuls may round differently (DESIGN.md)
 
@@ -152,3 +152,80 @@ def test_the_fused_mlps_hand_written_gradients_equal_autograds(kind):
         assert float((got_losses - losses.detach()).abs().max()) < TOL
         for g, w in zip(got, want):
             assert g.shape == w.shape and float((g - w).abs().max()) < TOL
+
+
+class Tanh(nn.Module):
+    """Not a Linear/ReLU stack: trains through vmap(functional_call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.last = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.last(torch.tanh(self.first(x)))
+
+
+class Branchy(Tanh):
+    """A Python branch on a tensor's value: torch.func cannot vectorise it, so members train one at a time."""
+
+    def forward(self, x):
+        h = self.first(x)
+        return self.last(torch.relu(h) if float(h.sum()) > -1e30 else h)
+
+
+def _first_frozen(make):
+    def frozen():
+        model = make()
+        first = model[0] if isinstance(model, nn.Sequential) else model.first
+        first.requires_grad_(False)
+        return model
+    return frozen
+
+
+FROZEN_MODELS = {  # one per code path of the trainer
+    "fused-mlp": _first_frozen(lambda: nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))),
+    "vmap": _first_frozen(Tanh),
+    "one-at-a-time": _first_frozen(Branchy),
+}
+
+
+@pytest.mark.parametrize("path", FROZEN_MODELS)
+def test_frozen_parameters_stay_frozen_as_with_torch_sgd(digits, torch_sgd, path):
+    """requires_grad=False: no step, no weight decay, no momentum; the rest trains as torch.optim.SGD trains it."""
+    make = FROZEN_MODELS[path]
+    task = Task("frozen", make, digits.train, digits.val, digits.test, 10)
+    population = [make_config({"lr": lr, "weight_decay": 1e-2, "batch_size": 128, "momentum": 0.9}, 0)
+                  for lr in (0.1, 0.03)]
+    ours = train_population(task, population, epochs=2)
+    for config, result in zip(population, ours):
+        torch.manual_seed(config.seed)
+        untouched = dict(make().named_parameters())
+        model = torch_sgd(make, *digits.train, config, 2, nn.functional.cross_entropy)
+        want = dict(model.named_parameters())
+        assert close(want, result.params) < TOL
+        frozen = [name for name, p in want.items() if not p.requires_grad]
+        assert len(frozen) == 2 and all(torch.equal(result.params[n], untouched[n]) for n in frozen)
+        assert close({n: want[n] for n in want if n not in frozen}, {n: untouched[n] for n in want if n not in frozen}) > 1e-3
+
+
+def test_the_paths_are_the_ones_meant(digits):
+    """The frozen-parameter test covers the fused, the vmap and the one-at-a-time path."""
+    device, probe = torch.device("cpu"), digits.train[0][:4].view(2, 2, 64)
+    models = {path: [make() for _ in range(2)] for path, make in FROZEN_MODELS.items()}
+    assert _fused_mlp(models["fused-mlp"], device, "classification") is not None
+    assert _fused_mlp(models["vmap"], device, "classification") is None
+    assert _vmapped(models["vmap"], device, probe) is not None
+    assert _vmapped(models["one-at-a-time"], device, probe) is None
+
+
+@pytest.mark.parametrize("make", [_first_frozen(lambda: nn.Sequential(nn.Linear(64, 10))), lambda: nn.Sequential()],
+                         ids=["all-frozen", "no-parameters"])
+def test_a_model_with_nothing_to_train_is_refused(digits, make):
+    def nothing():
+        model = make()
+        model.requires_grad_(False)
+        return model
+
+    task = Task("frozen", nothing, digits.train, digits.val, digits.test, 10)
+    with pytest.raises(BadInput, match="has no trainable parameter"):
+        train_population(task, configs()[:1], epochs=1)
