@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from hpsearch.estimate import SLOW_STEP_MS, measure, step_ms
 from hpsearch.spec import check_int, make_config

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalFileSymlinkLock, JournalStorage
 
 from hpsearch.cli import main
-from hpsearch.errors import BadInput, RuntimeFailure
+from hpsearch.errors import RuntimeFailure
 from hpsearch.journal import CHUNK, JournalLock, is_torn
 from hpsearch.storage import open_storage
 

@@ -374,7 +374,7 @@ def _foreign_journal(path: str) -> None:
         study.set_user_attr("owner", "someone else")
 
 
-def _snapshot(path: str, name: str) -> tuple:
+def _study_snapshot(path: str, name: str) -> tuple:
     study = optuna.load_study(study_name=name, storage=_plain(path))
     return study.user_attrs, [(t.number, t.state, t.params, t.values, t.user_attrs) for t in study.trials]
 
@@ -421,16 +421,16 @@ WRITING = {  # every command that writes a study, aimed at a foreign one
 @pytest.mark.parametrize("command", WRITING)
 @pytest.mark.parametrize("kind", FOREIGN)
 def test_writing_into_a_foreign_study_is_refused_before_anything_is_written(mixed, kind, command):
-    before = _snapshot(mixed, kind)
+    before = _study_snapshot(mixed, kind)
     result = run(*WRITING[command], "--study", kind, "--storage", mixed)
     assert result.exit_code == 2, result.output
     assert result.stderr == f"Error: study '{kind}' was not made by hpsearch; choose another --study\n"
-    assert _snapshot(mixed, kind) == before
+    assert _study_snapshot(mixed, kind) == before
 
 
 @pytest.mark.parametrize("kind", FOREIGN)
 def test_reading_commands_refuse_a_foreign_study_in_one_line(mixed, kind):
-    before = _snapshot(mixed, kind)
+    before = _study_snapshot(mixed, kind)
     trials = "3 trials, 2 objectives (minimize, maximize)" if kind == "multi" else f"3 trials, 1 objective ({kind if kind == 'minimize' else 'maximize'})"
     for args, words in (
         (["report", kind], f"it holds {trials}; hpsearch reads its own studies only"),
@@ -442,7 +442,7 @@ def test_reading_commands_refuse_a_foreign_study_in_one_line(mixed, kind):
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith(f"Error: study '{kind}' was not made by hpsearch;") and words in result.stderr
         assert result.stderr.count("\n") == 1 and "internal error" not in result.stderr
-    assert _snapshot(mixed, kind) == before
+    assert _study_snapshot(mixed, kind) == before
 
 
 def test_an_empty_study_without_attributes_is_claimed(workdir):
