@@ -92,8 +92,8 @@ BROKEN = {
                          "make_model() called sys.exit(5)"),
     "the model fails": (HEADER + "def make():\n    return Task('t', lambda: nn.Linear(4, 2), (x, y), None, None, 2)\n",
                         "the model, on 2 training inputs of shape (2, 5), raised RuntimeError: mat1 and mat2 shapes"),
-    "the model exits": (HEADER + "import sys\nclass Quits(nn.Module):\n    def forward(self, x):\n        sys.exit(6)\n"
-                        "def make():\n    return Task('t', Quits, (x, y), None, None, 2)\n",
+    "the model exits": (HEADER + "import sys\nclass Quits(nn.Linear):\n    def forward(self, x):\n        sys.exit(6)\n"
+                        "def make():\n    return Task('t', lambda: Quits(5, 2), (x, y), None, None, 2)\n",
                         "the model, on 2 training inputs of shape (2, 5), called sys.exit(6)"),
     "a class": ("class make:\n    pass\n", "make_class.py:make is a class: name a function defined as def make(): ..."),
     "a value": ("make = 3\n", "a_value.py:make is a value of type int"),
