@@ -234,12 +234,13 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
     count = None
     if len(parts) == 3:
         low_count, high_count = INT_BOUNDS["count"]
-        digits = parts[2].strip().lstrip("0") or "0"  # length first: int() refuses a string of 4,300 digits
-        if not re.fullmatch(r"\d+", digits) or (len(digits) == 1 and int(digits) < low_count):
-            raise BadInput(f"{flag}: the count of a range must be {bounds_text('count')}, not '{parts[2]}'")
-        if len(digits) > len(str(high_count)) or int(digits) > high_count:
-            shown = digits if len(digits) <= 24 else f"{digits[:10]}... ({len(digits):,} digits)"
-            raise BadInput(f"{FLAGS[name]}: the count of a range must be at most {high_count:,}, not {shown}")
+        digits = parts[2].strip().lstrip("0") or "0"
+        # the length first: int() of thousands of digits is refused by Python itself
+        if not (re.fullmatch(r"\d+", digits) and len(digits) <= len(str(high_count))
+                and low_count <= int(digits) <= high_count):
+            text = parts[2].strip()
+            shown = text if len(text) <= 24 else f"{text[:10]}... ({len(text):,} characters)"
+            raise BadInput(f"{FLAGS[name]}: the count of a range must be {bounds_text('count')}, not {shown}")
         count = int(digits)
     return Range(low, high, count)
 

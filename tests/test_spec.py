@@ -113,12 +113,12 @@ def test_a_grid_above_the_limit_is_refused_by_its_size_before_any_point_is_built
 
 
 @pytest.mark.parametrize(("count", "shown"), [("99999999999999999999999", "99999999999999999999999"),
-                                              ("1" + "0" * 5000, "1000000000... (5,001 digits)"),
+                                              ("1" + "0" * 5000, "1000000000... (5,001 characters)"),
                                               ("1000000001", "1000000001")])
 def test_a_range_count_is_bounded_whatever_its_digits(count, shown):
     with pytest.raises(BadInput) as caught:
         build_spec("grid", lr=f"1e-4:1e-1:{count}", max_points=10**12)
-    assert str(caught.value) == f"--lr: the count of a range must be at most 1,000,000,000, not {shown}"
+    assert str(caught.value) == f"--lr: the count of a range must be an integer from 2 to 1000000000, not {shown}"
 
 
 def test_the_size_is_a_product_of_counts_that_matches_the_grid_and_the_limit_can_be_raised():
