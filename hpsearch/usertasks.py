@@ -347,9 +347,19 @@ def _arrays(path: Path, target: str | None) -> dict[str, tuple[np.ndarray, np.nd
     if not path.is_file():
         raise BadInput(f"data file {path} not found")
     if path.suffix == ".npz":
+        arrays: dict[str, np.ndarray] = {}
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+            with np.load(path, allow_pickle=False) as npz:  # never unpickle: a data file must not run code
+                for key in npz.files:
+                    try:
+                        arrays[key] = npz[key]
+                    except ValueError as error:
+                        if "allow_pickle" not in str(error):
+                            raise
+                        raise BadInput(f"{path}: {key} holds Python objects (dtype object), which hpsearch does not "
+                                       "unpickle; save it as numbers, e.g. np.asarray(x, dtype=np.float32)") from None
+        except BadInput:
+            raise
         except Exception as error:  # noqa: BLE001 - the user's code or file may raise anything
             raise BadInput(f"cannot read {path}: {_first_line(error)}") from None
         if "x_train" not in arrays or "y_train" not in arrays:
