@@ -52,7 +52,7 @@ def _start(ctx, spec: StudySpec, count: int) -> list:
 
 def _trials(spec: StudySpec) -> list[optuna.trial.FrozenTrial]:
     """The study's trials; none while the study does not exist yet (a kill can land before a worker creates it)."""
-    if not os.path.exists(spec.storage):
+    if "://" not in spec.storage and not os.path.exists(spec.storage):  # a journal not written yet
         return []
     store = open_storage(spec.storage, create=False)
     if spec.study not in study_names(store.storage):
