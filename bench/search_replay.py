@@ -25,6 +25,7 @@ import optuna
 
 import hpsearch.search as search
 import hpsearch.train as train
+from hpsearch.records import param_config
 from hpsearch.train import EpochReport, MemberResult
 
 import search_quality as sq  # bench/ is on sys.path when a script here runs
@@ -40,7 +41,7 @@ def grid_curves(seed: int) -> tuple[dict[tuple, dict], float]:
         trials, _ = sq.run_one("grid", "none", seed, None)
         rows = []
         for t in trials:
-            c = search.param_config(t.params, seed)
+            c = param_config(t.params, seed)
             rows.append({"key": list(c.key()), "seed": c.seed, "state": t.state.name, "value": t.value,
                          **{k: t.user_attrs.get(k) for k in ("outcome", "train_loss", "val_loss", "val_accuracy",
                                                              "stopped_epoch", "diverged_step", "reason")}})

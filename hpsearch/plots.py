@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpsearch.records import WEIGHT_DECAY_ZERO
 from hpsearch.results import PARAMS, Results
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ def importance(study: optuna.Study) -> Importance:
     except (ValueError, RuntimeError) as error:  # conditional parameters missing from some trials
         return Importance(name, {}, f"Study {name}: importances could not be computed ({error}).")
     merged: dict[str, float] = {}
-    for stored, value in shares.items():  # "weight_decay_zero" (0 or a log range) is weight decay too
-        key = "weight_decay" if stored == "weight_decay_zero" else stored
+    for stored, value in shares.items():  # weight decay drawn as zero (0 or a log range) is weight decay too
+        key = "weight_decay" if stored == WEIGHT_DECAY_ZERO else stored
         merged[key] = merged.get(key, 0.0) + float(value)
     top, share = max(merged.items(), key=lambda item: item[1])
     return Importance(name, merged, f"Study {name}: {LABELS.get(top, top).lower()} mattered most "

@@ -4,19 +4,7 @@ It opens the storage, enqueues a grid (or asks random / TPE in batches), hands p
 configurations to the population trainer, reports each epoch's validation accuracy to the trial,
 and tells the outcome. What it writes opens with plain ``optuna.load_study``.
 
-Trial attributes written here (the names later stages and scripts read):
-
-    outcome        completed | diverged | pruned | failed | interrupted
-    reason         why a trial did not complete (empty when it did)
-    epochs         epochs trained
-    train_loss     per-epoch mean training loss (list)
-    val_loss       per-epoch validation loss (list)
-    val_accuracy   per-epoch validation accuracy (list); also reported as intermediate values
-                   (absent for regression, whose intermediate values are val_loss)
-    seconds        the trial's share of its population's wall time
-    step_ms        mean wall time of one training step of its population, in milliseconds
-    seed           the configuration's seed (from --seed and the values)
-    stopped_epoch  the epoch a diverged or pruned trial stopped in; diverged_step: the step within it
+The stored-trial format (attribute names, outcomes) is hpsearch.records's.
 """
 from __future__ import annotations
 
@@ -38,12 +26,12 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
 from hpsearch.storage import Store, open_storage, study_names
-from hpsearch.workers import (ATTEMPT_ATTR, HEARTBEAT_ATTR, REQUEUED_ATTR, Heartbeat, Worker, fail, lock_folder,
-                              queued_params, reap, requeue, running_elsewhere)
+from hpsearch.records import (SETTINGS_ATTR, Outcome, attempt, beat, claimable, fail, finished, not_hpsearch,
+                              param_config, queued_params, requeue, tell, write_settings, WEIGHT_DECAY_ZERO)
+from hpsearch.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both record the trials in flight as interrupted
 
-SETTINGS_ATTR = "hpsearch"  # study user attribute: the settings a study was created with
 # TPE asks this many at once (constant liar); small keeps the search adaptive. Measured on digits with
 # bench/search_replay.py (the 384-point space, 20 seeds, tpe+asha finding the grid's best within 384
 # epochs): 4 -> 18/20 seeds, 8 -> 16/20, 16 -> 8/10 (seeds 0-9); unpruned TPE 11/20 v 12/20. Smaller batches
@@ -75,14 +63,6 @@ class SearchOutcome:
     failed: int  # trials of this run that failed
     running_elsewhere: int = 0  # trials still RUNNING in other live processes when this run ended
     warnings: tuple[str, ...] = ()  # what went wrong on the way without changing the results (a worker died)
-
-
-def finished(trial: optuna.trial.FrozenTrial) -> bool:
-    """Complete, diverged, or failed for good; interrupted, died and retried trials are queued again."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return (trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") != "interrupted"
-            and not trial.user_attrs.get(REQUEUED_ATTR))
 
 
 class _Stop(KeyboardInterrupt):
@@ -121,28 +101,11 @@ def _metric(spec: StudySpec) -> str:
     return "val_loss" if load_task(spec.task, spec.target, spec.kind).kind == "regression" else "val_accuracy"
 
 
-def made_by_hpsearch(study: optuna.Study) -> bool:
-    """A study is hpsearch's when it carries hpsearch's settings; any other is foreign, and hpsearch only reads it."""
-    return isinstance(study.user_attrs.get(SETTINGS_ATTR), dict)
-
-
-def claimable(study: optuna.Study) -> bool:
-    """hpsearch's, or holding nothing at all yet: no attribute, no trial, one objective. Such an empty study
-    is claimed, not refused: it may be one that another hpsearch process has just created."""
-    return made_by_hpsearch(study) or (not study.user_attrs and len(study.directions) == 1
-                                       and not study.get_trials(deepcopy=False))
-
-
-def not_hpsearch(name: str, what: str) -> BadInput:
-    """The one-line refusal of a foreign study; ``what``: what to do instead."""
-    return BadInput(f"study '{name}' was not made by hpsearch; {what}")
-
-
 def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
     wanted = spec.settings()
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
-        study.set_user_attr(SETTINGS_ATTR, wanted)
+        write_settings(study, wanted)
         return
     # A re-run may top up a budget or grow a grid: recorded as the latest, never refused.
     revisable = ("trials", "space") if spec.command == "grid" else ("trials",)
@@ -154,20 +117,7 @@ def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
                 f"re-run with the same settings to continue it, or choose another --study name"
             )
     if latest:
-        study.set_user_attr(SETTINGS_ATTR, {**stored, **latest})
-
-
-def decode_params(params: dict[str, object]) -> dict[str, object]:
-    """The four values from a trial's stored parameters (weight decay may be stored as zero)."""
-    values = dict(params)
-    if values.pop("weight_decay_zero", False):
-        values["weight_decay"] = 0.0
-    return values
-
-
-def param_config(params: dict[str, object], seed: int) -> Config:
-    """A trial's configuration from its stored parameters."""
-    return make_config(decode_params(params), seed)  # type: ignore[arg-type]
+        write_settings(study, {**stored, **latest})
 
 
 # --- how each command's space is stored in Optuna (one distribution per name, see README) ---
@@ -199,7 +149,7 @@ def _suggest(trial: Trial, dim: Dimension) -> float:
     if name == "momentum":
         return trial.suggest_float(name, low, high)  # Optuna has no 1 - m scale; see README
     if name == "weight_decay" and dim.values:
-        if trial.suggest_categorical("weight_decay_zero", [False, True]):
+        if trial.suggest_categorical(WEIGHT_DECAY_ZERO, [False, True]):
             return 0.0
     return trial.suggest_float(name, low, high, log=True)
 
@@ -270,7 +220,7 @@ class _Runner:
                         values = report.val_loss if self.minimize else report.val_accuracy
                         for i, value in zip(report.members, values):
                             group[i].report(value, report.epoch)
-                            group[i].set_user_attr(HEARTBEAT_ATTR, round(time.time(), 3))
+                            beat(group[i])
                         last = report.epoch == self.spec.epochs
                         prune = [] if last or self.spec.prune == "none" else [
                             i for i in report.members if group[i].should_prune()]
@@ -287,7 +237,7 @@ class _Runner:
                             continue
                         reason = f"out of memory at batch size {group_configs[0].batch_size} ({self.spec.device})"
                         with self._writes():
-                            self._fail(group[0], "out_of_memory", reason)
+                            self._fail(group[0], Outcome.OUT_OF_MEMORY, reason)
                         self.failed += 1
                         self.trained += 1
                     else:
@@ -311,12 +261,12 @@ class _Runner:
         """A population's training raised: queue each configuration again while it has retries left."""
         with self._writes():
             for trial in group:
-                attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1))
-                if attempt <= self.spec.retries:
-                    self._fail(trial, "failed", f"{reason} (attempt {attempt}; retry queued)", requeued=True)
-                    requeue(self.study, trial, attempt + 1)
+                run = attempt(trial)
+                if run <= self.spec.retries:
+                    self._fail(trial, Outcome.FAILED, f"{reason} (attempt {run}; retry queued)", requeued=True)
+                    requeue(self.study, trial, run + 1)
                 else:
-                    self._fail(trial, "failed", reason if attempt == 1 else f"{reason} (after {attempt} attempts)")
+                    self._fail(trial, Outcome.FAILED, reason if run == 1 else f"{reason} (after {run} attempts)")
                     self.failed += 1
                     self.trained += 1
 
@@ -348,7 +298,7 @@ class _Runner:
         by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         with self._writes(swallow=True):
             for trial in trials:
-                self._fail(trial, "interrupted", f"stopped by {by}; queued again for the next run", requeued=True)
+                self._fail(trial, Outcome.INTERRUPTED, f"stopped by {by}; queued again for the next run", requeued=True)
                 requeue(self.study, trial)
         what = f": {len(trials)} running trial(s) recorded as interrupted and queued again" if trials else ""
         raise Interrupted.by(signum, f"interrupted by {by}{what}; re-run the same command to finish study "
@@ -376,36 +326,13 @@ class _Runner:
             self.heartbeat.watch([t._trial_id for t in asked])
         return asked
 
-    def _fail(self, trial: Trial, outcome: str, reason: str, requeued: bool = False) -> None:
+    def _fail(self, trial: Trial, outcome: Outcome, reason: str, requeued: bool = False) -> None:
         fail(self.study, trial._trial_id, outcome, reason, requeued)
 
     def _tell(self, trial: Trial, result) -> None:  # noqa: ANN001 - a train.MemberResult
-        attrs = {
-            "outcome": result.outcome,
-            "reason": result.reason,
-            "epochs": len(result.val_loss),
-            "train_loss": result.train_loss,
-            "val_loss": result.val_loss,
-            "val_accuracy": result.val_accuracy,
-            "seconds": round(result.seconds, 6),
-            "step_ms": round(result.step_ms, 4),
-            "seed": result.config.seed,
-        }
-        if result.outcome == "stopped":  # the trainer stops what the pruner asks it to
-            attrs["outcome"] = "pruned"
-            attrs["reason"] = f"pruned by {self.spec.prune} after epoch {result.stopped_epoch}"
-        if result.outcome != "completed":
-            attrs["stopped_epoch"] = result.stopped_epoch
-        if result.outcome == "diverged":
-            attrs["diverged_step"] = result.diverged_step
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        if result.outcome == "completed":
-            value = result.val_loss[-1] if self.minimize else result.val_accuracy[-1]
-            self.study.tell(trial, value)
+        value = tell(self.study, trial, result, self.spec.prune, self.minimize)
+        if value is not None:
             self.best = value if self.best is None else (min if self.minimize else max)(self.best, value)
-        else:
-            self.study.tell(trial, state=TrialState.PRUNED)  # diverged or pruned: TPE still learns from the curve
 
     def grid(self) -> None:
         waiting = self._enqueue_grid()

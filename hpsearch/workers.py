@@ -40,16 +40,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError, Interrupted, RuntimeFailure
+from hpsearch.records import HEARTBEAT_ATTR, OUTCOME, WORKER_ATTR, Outcome, beat_by_id, fail, finished, requeue, sign
 
 if TYPE_CHECKING:
     from hpsearch.search import Progress, ProgressCallback, SearchOutcome
     from hpsearch.spec import StudySpec
     from hpsearch.storage import Store
 
-WORKER_ATTR = "worker"  # host:pid:token of the worker that popped the trial
-HEARTBEAT_ATTR = "heartbeat"  # unix time the worker last showed it is alive
-REQUEUED_ATTR = "requeued"  # true on a failed trial whose configuration was queued again
-ATTEMPT_ATTR = "attempt"  # 1 for a configuration's first run, 2 for its first retry, ...
 HEARTBEAT_S = 30.0  # PostgreSQL: how often the heartbeat thread writes
 GRACE_S = 300.0  # a trial whose worker (on another machine) was silent this long is dead
 POLL_S = 0.5  # --jobs: how often the parent reads the study for its progress bar
@@ -94,8 +91,7 @@ class Worker:
 
     def mark(self, trial: optuna.Trial) -> None:
         """Sign a trial just popped: who runs it, and that it is alive now."""
-        trial.set_user_attr(WORKER_ATTR, self.name)
-        trial.set_user_attr(HEARTBEAT_ATTR, round(time.time(), 3))
+        sign(trial, self.name)
 
     def is_alive(self, name: str | None, heartbeat: float | None) -> bool:
         """Whether the worker ``name`` still runs; see the module's docstring for how that is known."""
@@ -149,33 +145,6 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-def queued_params(trial: FrozenTrial) -> dict[str, object]:
-    """The configuration a trial ran (or was about to run), to queue it again.
-
-    A queued trial's fixed parameters first: a worker killed while popping it may have recorded only some.
-    """
-    return dict(trial.system_attrs.get("fixed_params") or trial.params)
-
-
-def requeue(study: optuna.Study, trial: optuna.Trial | FrozenTrial, attempt: int | None = None) -> None:
-    """Queue a trial's configuration again (not a trial without one: the budget samples afresh)."""
-    frozen = trial if isinstance(trial, FrozenTrial) else study._storage.get_trial(trial._trial_id)
-    params = queued_params(frozen)
-    if params:
-        attempt = attempt if attempt is not None else frozen.user_attrs.get(ATTEMPT_ATTR, 1)
-        study.enqueue_trial(params, user_attrs={ATTEMPT_ATTR: attempt})
-
-
-def fail(study: optuna.Study, trial_id: int, outcome: str, reason: str, requeued: bool) -> None:
-    """Record a trial as failed with its outcome and reason (FAIL: TPE ignores it)."""
-    storage = study._storage
-    storage.set_trial_user_attr(trial_id, "outcome", outcome)
-    storage.set_trial_user_attr(trial_id, "reason", reason)
-    if requeued:
-        storage.set_trial_user_attr(trial_id, REQUEUED_ATTR, True)
-    storage.set_trial_state_values(trial_id, TrialState.FAIL)
-
-
 def reap(study: optuna.Study, worker: Worker) -> list[int]:
     """Fail the RUNNING trials of dead workers and queue their configurations again.
 
@@ -188,7 +157,7 @@ def reap(study: optuna.Study, worker: Worker) -> list[int]:
         if worker.is_alive(name, trial.user_attrs.get(HEARTBEAT_ATTR)):
             continue
         who = ":".join(name.split(":")[:2]) if name else "unknown"
-        fail(study, trial._trial_id, "died", f"worker {who} died; queued again", requeued=True)
+        fail(study, trial._trial_id, Outcome.DIED, f"worker {who} died; queued again", requeued=True)
         requeue(study, trial)
         reaped.append(trial.number)
     return reaped
@@ -224,7 +193,7 @@ class Heartbeat:
                 ids = list(self.trial_ids)
             for trial_id in ids:
                 with contextlib.suppress(Exception):  # a trial told meanwhile, a dropped connection
-                    self.study._storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, round(time.time(), 3))
+                    beat_by_id(self.study._storage, trial_id)
 
     def stop(self) -> None:
         self._stop.set()
@@ -263,7 +232,7 @@ def _study(store: Store, spec: StudySpec) -> list[FrozenTrial]:
 
 def _progress(trials: list[FrozenTrial], spec: StudySpec) -> Progress:
     """The bar's figures from the study as stored: finished trials, the study's size, its best value."""
-    from hpsearch.search import Progress, _best, finished
+    from hpsearch.search import Progress, _best
 
     done = sum(finished(t) for t in trials)
     todo = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
@@ -289,7 +258,7 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
     trained here; the outcome carries a warning. The grid is then complete, as the user asked, so
     the run succeeds (exit 0): the warning says what happened, the table shows every result.
     """
-    from hpsearch.search import SearchOutcome, finished, prepare_study, run_search
+    from hpsearch.search import SearchOutcome, prepare_study, run_search
 
     spec, store, _ = prepare_study(spec)  # settings checked once, before any worker starts
     trials = _study(store, spec)
@@ -336,7 +305,7 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
     pids = {p.pid for p in procs}
     if stopped:
         trials = _study(store, spec)
-        cut = sum(t.user_attrs.get("outcome") == "interrupted" and _pid(t) in pids for t in trials)
+        cut = sum(t.user_attrs.get(OUTCOME) == Outcome.INTERRUPTED and _pid(t) in pids for t in trials)
         by = "Ctrl-C" if stopped[0] == signal.SIGINT else signal.Signals(stopped[0]).name
         what = f": {cut} running trial(s) recorded as interrupted and queued again" if cut else ""
         todo = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
@@ -355,7 +324,7 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
         run_search(replace(spec, jobs=1), progress)  # what the survivors did not take: the dead workers' trials
         signals = ", ".join(sorted({signal.Signals(_stopped_signal(p.returncode)).name for p in dead}))  # type: ignore[arg-type]
         lost = {p.pid for p in dead}
-        again = sum(t.user_attrs.get("outcome") in ("died", "interrupted") and _pid(t) in lost for t in _study(store, spec))
+        again = sum(t.user_attrs.get(OUTCOME) in (Outcome.DIED, Outcome.INTERRUPTED) and _pid(t) in lost for t in _study(store, spec))
         warnings.append(f"{len(dead)} of {spec.jobs} workers died ({signals}); their {again} running trial(s) were "
                         "queued again and trained by the others")
     trials = _study(store, spec)
