@@ -1,43 +1,33 @@
 """The search: the only stage that talks to Optuna.
 
 It opens the storage, enqueues a grid (or asks random / TPE in batches), hands plain
-configurations to the population trainer, reports each epoch's validation accuracy to the trial,
-and tells the outcome. What it writes opens with plain ``optuna.load_study``.
-
-The stored-trial format (attribute names, outcomes) is hpsearch.records's.
+configurations to an objective (hpsearch.objective), reports each epoch's metric to the trial,
+and tells the outcome. What it writes opens with plain ``optuna.load_study``; the stored-trial
+format is hpsearch.records's, the samplers and pruners hpsearch.samplers's.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
-import math
-import random
-import signal
-import threading
-import time
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from hpsearch import samplers, signals
 from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
+from hpsearch.objective import Failure, Objective, PopulationObjective
+from hpsearch.records import (SETTINGS_ATTR, WEIGHT_DECAY_ZERO, Outcome, attempt, beat, claimable, fail, finished,
+                              not_hpsearch, param_config, queued_params, requeue, tell, write_settings)
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
 from hpsearch.storage import Store, open_storage, study_names
-from hpsearch.records import (SETTINGS_ATTR, Outcome, attempt, beat, claimable, fail, finished, not_hpsearch,
-                              param_config, queued_params, requeue, tell, write_settings, WEIGHT_DECAY_ZERO)
 from hpsearch.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both record the trials in flight as interrupted
+if TYPE_CHECKING:
+    from hpsearch.train import EpochReport
 
-# TPE asks this many at once (constant liar); small keeps the search adaptive. Measured on digits with
-# bench/search_replay.py (the 384-point space, 20 seeds, tpe+asha finding the grid's best within 384
-# epochs): 4 -> 18/20 seeds, 8 -> 16/20, 16 -> 8/10 (seeds 0-9); unpruned TPE 11/20 v 12/20. Smaller batches
-# mean smaller populations, slower per epoch (wall seconds in bench/search_quality.py).
-TPE_BATCH = 4
-RANDOM_BATCH = 64  # random asks cost nothing, so batches are as large as a population
 # Grid points enqueued per hold of the storage's lock. A whole large grid in one hold kept Ctrl-C,
 # SIGTERM and every other process out for minutes; a chunk of this size takes about a second on
 # the journal file, so a signal is answered, and another process let in, within about that.
@@ -63,22 +53,6 @@ class SearchOutcome:
     failed: int  # trials of this run that failed
     running_elsewhere: int = 0  # trials still RUNNING in other live processes when this run ended
     warnings: tuple[str, ...] = ()  # what went wrong on the way without changing the results (a worker died)
-
-
-class _Stop(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that both take the same path."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_stop(signum: int, _frame: object) -> None:
-    raise _Stop(signum)
-
-
-def _signum(stop: KeyboardInterrupt) -> int:
-    return getattr(stop, "signum", signal.SIGINT)
 
 
 def _best(trials: Sequence[optuna.trial.FrozenTrial], minimize: bool = False) -> float | None:
@@ -161,25 +135,41 @@ def _sample(trial: Trial, space: SearchSpace) -> dict[str, float]:
 # --- the run ---
 
 
+@dataclass(frozen=True)
+class Strategy:
+    """How a search asks: its sampler and pruner, and how many trials it asks at once."""
+
+    sampler: Callable[[StudySpec], optuna.samplers.BaseSampler] = samplers.sampler
+    pruner: Callable[[StudySpec], optuna.pruners.BasePruner] = samplers.pruner
+    # TPE asks this many at once (constant liar): small keeps the search adaptive, at the price of smaller
+    # (slower per epoch) populations; chosen with bench/search_replay.py (see the README's performance section).
+    tpe_batch: int = 4
+    random_batch: int = 64  # random asks cost nothing, so batches are as large as a population
+
+    def batch(self, spec: StudySpec) -> int:
+        return self.tpe_batch if spec.command == "tpe" else self.random_batch
+
+
 class _Runner:
-    def __init__(self, spec: StudySpec, study: optuna.Study, store: Store, progress: ProgressCallback | None) -> None:
+    def __init__(self, spec: StudySpec, study: optuna.Study, store: Store, objective: Objective,
+                 strategy: Strategy, progress: ProgressCallback | None) -> None:
         self.spec = spec
         self.store = store
         self.study = study
+        self.objective = objective
         self.progress = progress
-        self.task = None  # loaded on first use: a finished study needs no data
         trials = study.get_trials(deepcopy=False)
         self.already = sum(finished(t) for t in trials)
         self.minimize = spec.metric == "val_loss"
         self.best = _best(trials, self.minimize)
-        study.sampler = _sampler(spec)
+        study.sampler = strategy.sampler(spec)
         self.worker = Worker(lock_folder(store))
         # PostgreSQL is shared across machines, where lock files cannot be seen: a heartbeat shows life
         self.heartbeat = Heartbeat(study) if isinstance(store.storage, optuna.storages.RDBStorage) else None
+        self.signals = signals.Held()
         self.trained = 0
         self.failed = 0
         self.total = 0
-        self._depth = 0  # nesting of _writes()
 
     def close(self) -> None:
         if self.heartbeat:
@@ -190,58 +180,27 @@ class _Runner:
         if self.progress:
             self.progress(Progress(self.already + self.trained + extra, self.total, self.best))
 
-    def _load_task(self):  # noqa: ANN202 - torch types stay out of this module's signatures
-        if self.task is None:
-            from hpsearch.tasks import load_task
-            from hpsearch.train import resolve_device
-
-            device = resolve_device(self.spec.device)
-            self.task = load_task(self.spec.task, self.spec.target, self.spec.kind).to(device)
-        return self.task
-
     def run_batch(self, trials: list[Trial], configs: list[Config]) -> None:
-        """Train asked trials, one population per batch size, and tell every one of them."""
-        from hpsearch.train import EpochReport, train_population
+        """Train asked trials through the objective, and tell each group of them as it ends."""
+        pending = {t.number: t for t in trials}
 
-        task = self._load_task()
-        pending = dict(zip([t.number for t in trials], trials))
-        by_size: dict[int, list[int]] = {}
-        for i, c in enumerate(configs):
-            by_size.setdefault(c.batch_size, []).append(i)
-        populations = list(by_size.values())
+        def on_epoch(group: Sequence[int], report: EpochReport) -> list[int]:
+            with self._writes():
+                values = report.val_loss if self.minimize else report.val_accuracy
+                for i, value in zip(report.members, values):
+                    trials[i].report(value, report.epoch)
+                    beat(trials[i])
+                last = report.epoch == self.spec.epochs
+                prune = [] if last or self.spec.prune == "none" else [
+                    i for i in report.members if trials[i].should_prune()]
+            self._tick(len(group) * report.epoch / self.spec.epochs)
+            return prune
+
         try:
-            while populations:
-                members = populations.pop(0)
+            for members, results in self.objective.train(configs, self.spec.epochs, on_epoch):
                 group = [trials[i] for i in members]
-                group_configs = [configs[i] for i in members]
-
-                def on_epoch(report: EpochReport, group: list[Trial] = group) -> list[int]:
-                    with self._writes():
-                        values = report.val_loss if self.minimize else report.val_accuracy
-                        for i, value in zip(report.members, values):
-                            group[i].report(value, report.epoch)
-                            beat(group[i])
-                        last = report.epoch == self.spec.epochs
-                        prune = [] if last or self.spec.prune == "none" else [
-                            i for i in report.members if group[i].should_prune()]
-                    self._tick(len(group) * report.epoch / self.spec.epochs)
-                    return prune
-
-                try:
-                    results = train_population(task, group_configs, self.spec.epochs, on_epoch)
-                except Exception as error:  # a failure of this population, not of the search
-                    if _out_of_memory(error):
-                        if len(members) > 1:  # too large for the device: train it in halves
-                            half = len(members) // 2
-                            populations[:0] = [members[:half], members[half:]]
-                            continue
-                        reason = f"out of memory at batch size {group_configs[0].batch_size} ({self.spec.device})"
-                        with self._writes():
-                            self._fail(group[0], Outcome.OUT_OF_MEMORY, reason)
-                        self.failed += 1
-                        self.trained += 1
-                    else:
-                        self._failed(group, f"{type(error).__name__}: {error}".splitlines()[0])
+                if isinstance(results, Failure):
+                    self._failed(group, results)
                     for trial in group:
                         pending.pop(trial.number)
                     continue
@@ -257,18 +216,25 @@ class _Runner:
             if self.heartbeat:
                 self.heartbeat.forget([t._trial_id for t in trials])
 
-    def _failed(self, group: list[Trial], reason: str) -> None:
-        """A population's training raised: queue each configuration again while it has retries left."""
+    def _failed(self, group: list[Trial], failure: Failure) -> None:
+        """A group's training raised: queue each configuration again while it has retries left.
+
+        Out of memory alone (a population of one) is not retried: it would run out again.
+        """
         with self._writes():
             for trial in group:
                 run = attempt(trial)
-                if run <= self.spec.retries:
-                    self._fail(trial, Outcome.FAILED, f"{reason} (attempt {run}; retry queued)", requeued=True)
+                if failure.out_of_memory:
+                    self._fail(trial, Outcome.OUT_OF_MEMORY, failure.reason)
+                elif run <= self.spec.retries:
+                    self._fail(trial, Outcome.FAILED, f"{failure.reason} (attempt {run}; retry queued)", requeued=True)
                     requeue(self.study, trial, run + 1)
+                    continue
                 else:
-                    self._fail(trial, Outcome.FAILED, reason if run == 1 else f"{reason} (after {run} attempts)")
-                    self.failed += 1
-                    self.trained += 1
+                    self._fail(trial, Outcome.FAILED,
+                               failure.reason if run == 1 else f"{failure.reason} (after {run} attempts)")
+                self.failed += 1
+                self.trained += 1
 
     @contextlib.contextmanager
     def _writes(self, swallow: bool = False) -> Iterator[None]:
@@ -277,25 +243,13 @@ class _Runner:
         So no write is cut in half, and Ctrl-C lands only where the trials in flight are known
         (popping a waiting trial and recording its parameters is not one write).
         """
-        caught: list[int] = []
-        previous = {}
-        if self._depth == 0 and threading.current_thread() is threading.main_thread():
-            previous = {s: signal.signal(s, lambda signum, _: caught.append(signum)) for s in STOP_SIGNALS}
-        self._depth += 1
-        try:
-            with self.store.batch():
-                yield
-        finally:
-            self._depth -= 1
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        if caught and not swallow:
-            raise _Stop(caught[0])
+        with self.signals.hold(swallow), self.store.batch():
+            yield
 
     def _interrupted(self, trials: list[Trial], stop: KeyboardInterrupt) -> None:
         """Ctrl-C or SIGTERM: record the running trials as interrupted, queue their configurations again, stop."""
-        signum = _signum(stop)
-        by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        signum = signals.signum(stop)
+        by = signals.by(signum)
         with self._writes(swallow=True):
             for trial in trials:
                 self._fail(trial, Outcome.INTERRUPTED, f"stopped by {by}; queued again for the next run", requeued=True)
@@ -339,7 +293,7 @@ class _Runner:
         self.total = self.already + len(waiting)
         dists = _grid_distributions(itertools.chain(self.spec.iter_grid_points(), (queued_params(t) for t in waiting)))
         if waiting:
-            self._load_task()
+            self.objective.prepare()
         self._tick()
 
         def waiting_now(trials: list[FrozenTrial]) -> int:  # ask() would sample a fresh point when none waits
@@ -377,9 +331,8 @@ class _Runner:
                     if not chunk:
                         return self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         except KeyboardInterrupt as stop:
-            signum = _signum(stop)
-            by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            raise Interrupted.by(signum, f"interrupted by {by} while queueing the grid: {queued:,} of its "
+            signum = signals.signum(stop)
+            raise Interrupted.by(signum, f"interrupted by {signals.by(signum)} while queueing the grid: {queued:,} of its "
                                          f"{self.spec.grid_size():,} points queued and kept, nothing trained; re-run "
                                          f"the same command to finish study '{self.spec.study}'") from None
 
@@ -387,7 +340,7 @@ class _Runner:
         """Ask until the study holds its budget: finished, running (on any worker) and queued trials all count."""
         self.total = max(self.spec.trials or 0, self.already)
         if self.total > self.already:
-            self._load_task()
+            self.objective.prepare()
         self._tick()
 
         def room(trials: list[FrozenTrial]) -> int:
@@ -402,121 +355,7 @@ class _Runner:
             self.run_batch(asked, configs)
 
 
-def _out_of_memory(error: Exception) -> bool:
-    """A device out of memory (torch.OutOfMemoryError); its memory is released for what runs next."""
-    if type(error).__name__ != "OutOfMemoryError":
-        return False
-    import gc
-
-    import torch
-
-    error.__traceback__ = None  # its frames hold the failed population's tensors
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return True
-
-
-def _trial_seed(seed: int, trial: FrozenTrial, name: str) -> int:
-    return int.from_bytes(hashlib.sha256(repr((seed, trial.number, name)).encode()).digest()[:4], "little")
-
-
-class _TrialSeededRandom(optuna.samplers.RandomSampler):
-    """Random sampling seeded by --seed and the trial number.
-
-    So trial k draws the same values whichever worker asks it and in whatever order (results do not
-    depend on --jobs), workers never draw the same values, and a resumed study does not replay the
-    trials it has (a fresh RandomSampler(seed) in each process would).
-    """
-
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed)
-        self.seed = seed
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> object:
-        self._rng.rng.seed(_trial_seed(self.seed, trial, param_name))
-        return super().sample_independent(study, trial, param_name, param_distribution)
-
-
-class _TrialSeededTPE(optuna.samplers.TPESampler):
-    """TPE whose random draws are seeded by the trial number, like _TrialSeededRandom (its picks still
-    depend on the trials finished before, so they vary with --jobs), and that does not repeat itself.
-
-    A configuration's result depends only on its values and --seed, so training one twice teaches
-    nothing. On comma lists TPE proposes the same few points again and again (on digits: one point
-    100 times in 384 trials); here such a repeat becomes a random configuration not yet tried. Measured
-    with bench/search_replay.py, 20 seeds: tpe+asha found the grid's best within 384 epochs in 16/20
-    seeds (11/20 with repeats; at TPE_BATCH 8), and within its 384 trials in 20/20 (12/20). Drawing TPE again before
-    falling back (4 redraws) did no better, at twice the sampler's time.
-    """
-
-    def __init__(self, seed: int, **options: object) -> None:
-        super().__init__(seed=seed, constant_liar=True, **options)  # type: ignore[arg-type]
-        self.seed = seed
-        self._random_sampler = _TrialSeededRandom(seed)
-        self._chosen: dict[int, dict[str, object]] = {}  # trial number -> what this process gave it
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, object]:
-        self._rng.rng.seed(_trial_seed(self.seed, trial, ""))
-        params = super().sample_relative(study, trial, search_space)
-        names = sorted(search_space)
-        if params:
-            tried = self._tried(study, trial, names)
-            if tuple(params[n] for n in names) in tried:
-                params = self._untried(trial, search_space, names, tried) or params
-        self._chosen[trial.number] = params
-        return params
-
-    def _tried(self, study: optuna.Study, trial: FrozenTrial, names: list[str]) -> set[tuple[object, ...]]:
-        """The configurations other trials hold: finished, running or queued (failed ones may be retried)."""
-        tried = set()
-        for t in study.get_trials(deepcopy=False):
-            if t.number == trial.number or t.state == TrialState.FAIL:
-                continue
-            params = {**self._chosen.get(t.number, {}), **t.params}
-            if all(n in params for n in names):
-                tried.add(tuple(params[n] for n in names))
-        return tried
-
-    def _untried(self, trial: FrozenTrial, search_space: dict[str, BaseDistribution], names: list[str],
-                 tried: set[tuple[object, ...]]) -> dict[str, object] | None:
-        """A random configuration of a discrete space that no trial holds (None when there is none)."""
-        dists = [search_space[n] for n in names]
-        if not all(isinstance(d, optuna.distributions.CategoricalDistribution) for d in dists):
-            return None  # continuous values: repeats are all but impossible, and no list of the rest exists
-        choices = [d.choices for d in dists]  # type: ignore[attr-defined]
-        if math.prod(len(c) for c in choices) > 100_000:
-            return None
-        rest = [p for p in itertools.product(*choices) if p not in tried]
-        if not rest:
-            return None
-        rng = random.Random(_trial_seed(self.seed, trial, "untried"))
-        return dict(zip(names, rng.choice(rest)))
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> object:
-        self._rng.rng.seed(_trial_seed(self.seed, trial, param_name))
-        return super().sample_independent(study, trial, param_name, param_distribution)
-
-
-def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    return _TrialSeededTPE(spec.seed) if spec.command == "tpe" else _TrialSeededRandom(spec.seed)
-
-
-def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """Optuna's pruners, set for populations: every member of a population reports each epoch at once."""
-    if spec.prune == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if spec.prune == "asha":  # min_resource 1: "auto" waits for a completed trial, which a first population lacks
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if spec.prune == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs, reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
-def prepare_study(spec: StudySpec) -> tuple[StudySpec, Store, optuna.Study]:
+def prepare_study(spec: StudySpec, strategy: Strategy = Strategy()) -> tuple[StudySpec, Store, optuna.Study]:
     """Open the storage and the study (created on first use), checking that its settings match.
 
     Returns the spec with its metric known, the storage and the study.
@@ -534,7 +373,7 @@ def prepare_study(spec: StudySpec) -> tuple[StudySpec, Store, optuna.Study]:
             if exists and not claimable(optuna.load_study(study_name=spec.study, storage=store.storage)):
                 raise not_hpsearch(spec.study, "choose another --study")  # before anything is written into it
             study = optuna.create_study(storage=store.storage, study_name=spec.study, direction=direction,
-                                        load_if_exists=True, pruner=_pruner(spec))
+                                        load_if_exists=True, pruner=strategy.pruner(spec))
         except HpsearchError:
             raise
         except Exception as error:  # storage errors: one line, password hidden
@@ -547,9 +386,11 @@ def prepare_study(spec: StudySpec) -> tuple[StudySpec, Store, optuna.Study]:
     return spec, store, study
 
 
-def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> SearchOutcome:
+def run_search(spec: StudySpec, progress: ProgressCallback | None = None, objective: Objective | None = None,
+               strategy: Strategy = Strategy()) -> SearchOutcome:
     """Run (or continue) the study ``spec`` describes, in ``spec.jobs`` worker processes.
 
+    ``objective`` trains the configurations (default: the population trainer over the spec's task).
     Ctrl-C or SIGTERM raise Interrupted (exit 130 / 143) after recording the trials in flight.
     """
     spec.check_size()
@@ -557,21 +398,18 @@ def run_search(spec: StudySpec, progress: ProgressCallback | None = None) -> Sea
         from hpsearch.workers import run_jobs
 
         return run_jobs(spec, progress)
-    spec, store, study = prepare_study(spec)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_stop) if main_thread else None
-    runner = _Runner(spec, study, store, progress)
-    try:
-        if spec.command == "grid":
-            runner.grid()
-        else:
-            runner.sample(TPE_BATCH if spec.command == "tpe" else RANDOM_BATCH)
-        elsewhere = running_elsewhere(study, runner.worker)
-    except KeyboardInterrupt as stop:  # between populations: no trial was in flight
-        raise Interrupted.by(_signum(stop), f"interrupted; re-run the same command to finish study '{spec.study}'") from None
-    finally:
-        runner.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    spec, store, study = prepare_study(spec, strategy)
+    with signals.terminate_interrupts():
+        runner = _Runner(spec, study, store, objective or PopulationObjective.for_spec(spec), strategy, progress)
+        try:
+            if spec.command == "grid":
+                runner.grid()
+            else:
+                runner.sample(strategy.batch(spec))
+            elsewhere = running_elsewhere(study, runner.worker)
+        except KeyboardInterrupt as stop:  # between populations: no trial was in flight
+            raise Interrupted.by(signals.signum(stop),
+                                 f"interrupted; re-run the same command to finish study '{spec.study}'") from None
+        finally:
+            runner.close()
     return SearchOutcome(spec.study, store.shown, runner.trained, runner.already, runner.failed, elsewhere)
-
