@@ -170,17 +170,6 @@ def png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def check_plot_folder(folder: Path, storage: str | None) -> None:
-    """Refuse (BadInput) a --plots folder where writing the plots would overwrite the storage or a file that is not a PNG."""
-    from hpsearch.errors import BadInput
-    from hpsearch.report import check_output
-
-    if folder.exists() and not folder.is_dir():
-        raise BadInput(f"--plots {folder} is not a folder; give the path of a folder for the PNG files")
-    for name in (LOSS_CURVES, METRIC_VS_LR, IMPORTANCE):
-        check_output(folder / name, storage, "--plots", "a PNG plot", lambda head: head.startswith(PNG_MAGIC))
-
-
 def write_plots(results: Results, importances: list[Importance], folder: Path) -> list[Path]:
     """Write the report's PNG files into ``folder`` (created); returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)

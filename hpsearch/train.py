@@ -32,7 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpsearch.errors import BadInput
 from hpsearch.spec import Config
-from hpsearch.tasks import Task, note_once
+from hpsearch.tasktypes import Task, note_once
 
 DIVERGENCE_FACTOR = 10.0  # a loss above 10x the member's first loss counts as exploding (DESIGN.md)
 
