@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
@@ -86,14 +87,17 @@ def trial_epochs(trial: optuna.trial.FrozenTrial) -> int:
     return 0  # failed (or anything else): nothing trained to count
 
 
-def run_one(command: str, prune: str, seed: int, trials: int | None) -> tuple[list[optuna.trial.FrozenTrial], float]:
-    """One search in a fresh journal file; returns its trials in trial-number order and wall seconds."""
+def run_one(command: str, prune: str, seed: int, trials: int | None, **search: Any,
+            ) -> tuple[list[optuna.trial.FrozenTrial], float]:
+    """One search in a fresh journal file; returns its trials in trial-number order and wall seconds.
+
+    ``search``: run_search's objective and strategy, where they differ from its defaults."""
     with tempfile.TemporaryDirectory(prefix="hpsearch-quality-") as tmp:
         journal = str(Path(tmp) / "study.journal")
         spec = build_spec(command, **SPACE, epochs=EPOCHS, seed=seed, trials=trials if command != "grid" else None,
                           study="quality", storage=journal, prune=prune)
         start = time.perf_counter()
-        run_search(spec)
+        run_search(spec, **search)
         seconds = time.perf_counter() - start
         study = optuna.load_study(study_name="quality", storage=JournalStorage(JournalFileBackend(journal)))
         found = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)

@@ -7,11 +7,11 @@ A configuration's result depends only on its values and the study seed (bench/se
 so the exhaustive grid's per-epoch curves (trained once per seed, cached in out/replay/) say what
 any random or TPE trial would report, epoch by epoch, up to where a pruner stops it. This script
 trains the grid for real once per seed, then runs the real search code (Optuna sampler, pruner,
-populations, storage) with train_population replaced by a lookup in those curves: the epochs and
+populations, storage) with an objective that looks the curves up instead of training: the epochs and
 the successes are bench-search's, in seconds of Optuna rather than minutes of training. Its wall
 seconds mean nothing; settings chosen here are confirmed with bench/search_quality.py.
 
-The options override hpsearch.search's defaults for this run only (no environment involved).
+The options set the search's Strategy (sampler, pruner, batch sizes) for this run only.
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import optuna
 
-import hpsearch.search as search
-import hpsearch.train as train
+from hpsearch import samplers
+from hpsearch.objective import PopulationObjective
+from hpsearch.records import param_config
+from hpsearch.search import Strategy
 from hpsearch.train import EpochReport, MemberResult
 
 import search_quality as sq  # bench/ is on sys.path when a script here runs
@@ -40,7 +42,7 @@ def grid_curves(seed: int) -> tuple[dict[tuple, dict], float]:
         trials, _ = sq.run_one("grid", "none", seed, None)
         rows = []
         for t in trials:
-            c = search.param_config(t.params, seed)
+            c = param_config(t.params, seed)
             rows.append({"key": list(c.key()), "seed": c.seed, "state": t.state.name, "value": t.value,
                          **{k: t.user_attrs.get(k) for k in ("outcome", "train_loss", "val_loss", "val_accuracy",
                                                              "stopped_epoch", "diverged_step", "reason")}})
@@ -52,7 +54,7 @@ def grid_curves(seed: int) -> tuple[dict[tuple, dict], float]:
     return curves, best
 
 
-def replay_population(task, configs, epochs, on_epoch=None):  # noqa: ANN001, ANN201 - train_population's
+def replay_population(configs, epochs, on_epoch=None):  # noqa: ANN001, ANN201 - train_population's
     """train_population, with each member's epochs read from the grid's curves instead of trained."""
     results = [MemberResult(c) for c in configs]
     recs = [CURVES[(c.key(), c.seed)] for c in configs]
@@ -83,14 +85,31 @@ def replay_population(task, configs, epochs, on_epoch=None):  # noqa: ANN001, AN
     return results
 
 
+class ReplayObjective(PopulationObjective):
+    """The population objective (its grouping by batch size included), training replaced by the curves."""
+
+    def prepare(self) -> None:
+        pass  # nothing is trained, so no data is loaded
+
+    def train_population(self, configs, epochs, on_epoch):  # noqa: ANN001, ANN201
+        return replay_population(configs, epochs, on_epoch)
+
+
+class RepeatingTPE(samplers.TrialSeededTPE):
+    """TPE allowed to propose configurations it has tried (the behaviour before repeats were avoided)."""
+
+    def _tried(self, study, trial, names):  # noqa: ANN001, ANN202
+        return set()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=384)
     parser.add_argument("--methods", default="tpe,tpe+asha,tpe+hyperband,random+asha,random+hyperband")
-    parser.add_argument("--tpe-batch", type=int, default=search.TPE_BATCH)
-    parser.add_argument("--random-batch", type=int, default=search.RANDOM_BATCH)
+    parser.add_argument("--tpe-batch", type=int, default=Strategy().tpe_batch)
+    parser.add_argument("--random-batch", type=int, default=Strategy().random_batch)
     parser.add_argument("--startup", type=int, default=None, help="TPE n_startup_trials")
     parser.add_argument("--ei", type=int, default=None, help="TPE n_ei_candidates")
     parser.add_argument("--multivariate", choices=["yes", "no"], default=None)
@@ -112,15 +131,13 @@ def main() -> None:
                                      "multivariate": None if args.multivariate is None else args.multivariate == "yes",
                                      "group": args.group or None, "consider_endpoints": args.endpoints or None}.items()
                    if v is not None}
-    default_sampler, default_pruner = search._sampler, search._pruner
-
     def sampler(spec):  # noqa: ANN001, ANN202
-        if spec.command == "tpe" and tpe_options:
-            return search._TrialSeededTPE(spec.seed, **tpe_options)
-        return default_sampler(spec)
+        if spec.command == "tpe" and (tpe_options or args.repeats):
+            return (RepeatingTPE if args.repeats else samplers.TrialSeededTPE)(spec.seed, **tpe_options)
+        return samplers.sampler(spec)
 
     def pruner(spec):  # noqa: ANN001, ANN202
-        base = default_pruner(spec)
+        base = samplers.pruner(spec)
         if spec.prune == "asha":
             opts = {"min_resource": base._min_resource, "reduction_factor": base._reduction_factor,
                     "min_early_stopping_rate": base._min_early_stopping_rate, "bootstrap_count": base._bootstrap_count}
@@ -139,10 +156,7 @@ def main() -> None:
             return optuna.pruners.HyperbandPruner(**opts)
         return base
 
-    search._sampler, search._pruner = sampler, pruner
-    if args.repeats:
-        search._TrialSeededTPE._tried = lambda self, study, trial, names: set()
-    search.TPE_BATCH, search.RANDOM_BATCH = args.tpe_batch, args.random_batch
+    strategy = Strategy(sampler, pruner, args.tpe_batch, args.random_batch)
     methods = [m for m in sq.METHODS if m[0] in args.methods.split(",")]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     limit = sq.GRID_EPOCHS * sq.TARGET_FRACTION
@@ -153,16 +167,12 @@ def main() -> None:
         curves, best = grid_curves(seed)
         CURVES.update(curves)
         threshold = best - sq.TOLERANCE - 1e-9
-        real = train.train_population
-        train.train_population = replay_population
-        try:
-            for name, command, prune in methods:
-                trials, seconds = sq.run_one(command, prune, seed, args.budget)
-                result = sq.score(trials, threshold)
-                result.update(seed=seed, seconds=seconds)
-                runs[name].append(result)
-        finally:
-            train.train_population = real
+        for name, command, prune in methods:
+            trials, seconds = sq.run_one(command, prune, seed, args.budget, objective=ReplayObjective("digits"),
+                                         strategy=strategy)
+            result = sq.score(trials, threshold)
+            result.update(seed=seed, seconds=seconds)
+            runs[name].append(result)
         if not args.quiet:
             print(f"  seed {seed}: " + "  ".join(
                 f"{n} {r[-1]['epochs_to_target'] if r[-1]['success'] else 'miss'}" for n, r in runs.items()), flush=True)

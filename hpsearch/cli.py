@@ -454,9 +454,8 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
       hpsearch report coarse --format markdown --plots plots/
       hpsearch report coarse --format toml --output studies/coarse.toml
     """
-    from hpsearch.plots import check_plot_folder
-    from hpsearch.report import (FORMATS, best_line, check_report_output, edge_lines, failure_lines, studies_table, table,
-                                 test_lines)
+    from hpsearch.report import (FORMATS, best_line, check_plot_folder, check_report_output, edge_lines, failure_lines,
+                                 studies_table, table, test_lines)
     from hpsearch.results import list_studies, read_results
 
     if not studies:
@@ -529,7 +528,7 @@ def repair(storage: str | None) -> None:
     Example:
       hpsearch repair --storage studies/hpsearch.journal
     """
-    from hpsearch.journal import repair_journal
+    from hpsearch.storage import repair_journal
 
     done = repair_journal(storage)
     if done.backup is None:

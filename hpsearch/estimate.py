@@ -74,9 +74,9 @@ def plan_search(spec: StudySpec) -> Plan:
             sizes = Counter(int(p["batch_size"]) for p in points[start:start + spec.max_population])
             populations += [Population(size, count) for size, count in sizes.items()]
         return Plan(spec, points, len(points), len(finished), populations)
-    from hpsearch.search import RANDOM_BATCH, TPE_BATCH
+    from hpsearch.search import Strategy
 
-    ask_batch = TPE_BATCH if spec.command == "tpe" else RANDOM_BATCH
+    ask_batch = Strategy().batch(spec)
     remaining = max(0, (spec.trials or 0) - len(finished))
     sizes = [int(v) for v in spec.space.batch_size.grid()]
     populations = []

@@ -16,12 +16,10 @@ from optuna.trial import TrialState
 
 from hpsearch.errors import BadInput, RuntimeFailure
 from hpsearch.results import rank, trials_frame
-from hpsearch.search import SETTINGS_ATTR, decode_params, made_by_hpsearch, not_hpsearch, param_config
+from hpsearch.records import (OUTCOME, SETTINGS_ATTR, TEST_ATTR, VAL_ACCURACY, VAL_LOSS, decode_params, made_by_hpsearch,
+                              not_hpsearch, param_config, write_test_result)
 from hpsearch.spec import bounds_text, in_bounds, point_problem
 from hpsearch.storage import load_study, open_storage
-
-TEST_ATTR = "test_result"
-
 
 class AlreadyTested(BadInput):
     """The study's test result is recorded already; ``recorded`` holds it."""
@@ -44,7 +42,7 @@ def _chosen(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial
     if not found:
         raise BadInput(f"study '{study.study_name}' has no trial {number} (trials 0 to {len(trials) - 1})")
     if found[0].state != TrialState.COMPLETE:
-        outcome = found[0].user_attrs.get("outcome", found[0].state.name.lower())
+        outcome = found[0].user_attrs.get(OUTCOME, found[0].state.name.lower())
         raise BadInput(f"trial {number} of study '{study.study_name}' did not complete ({outcome}); test a completed one")
     return found[0]
 
@@ -92,8 +90,8 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
         "config": config.params(),
         "seed": config.seed,
         "epochs": epochs,
-        "val_accuracy": _last(chosen.user_attrs.get("val_accuracy")),
-        "val_loss": _last(chosen.user_attrs.get("val_loss")),
+        "val_accuracy": _last(chosen.user_attrs.get(VAL_ACCURACY)),
+        "val_loss": _last(chosen.user_attrs.get(VAL_LOSS)),
         "test_loss": result.val_loss[-1],
         "test_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -101,7 +99,7 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
     with store.batch():  # counted under the storage's lock: a concurrent evaluation is counted too
         latest = study.user_attrs.get(TEST_ATTR)
         record["evaluations"] = int(latest.get("evaluations", 1)) + 1 if latest else 1
-        study.set_user_attr(TEST_ATTR, record)
+        write_test_result(study, record)
     return record
 
 

@@ -560,15 +560,3 @@ def repair(path: str, shown: str | None = None) -> Repair:
         raise RuntimeFailure(f"cannot repair {shown}: {cause}; nothing was changed") from None
     finally:
         lock.release()
-
-
-def repair_journal(url: str | None) -> Repair:
-    """``hpsearch repair``: repair the journal at --storage (or the default one)."""
-    from hpsearch.storage import redact, storage_location
-
-    location = storage_location(url)
-    if "://" in location:
-        raise BadInput(f"{redact(location)} is a database; only journal files need repair")
-    if not Path(location).is_file():
-        raise BadInput(f"no journal at {location}; give its path with --storage")
-    return repair(location, redact(location))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpsearch.records import WEIGHT_DECAY_ZERO
 from hpsearch.results import PARAMS, Results
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ def importance(study: optuna.Study) -> Importance:
     except (ValueError, RuntimeError) as error:  # conditional parameters missing from some trials
         return Importance(name, {}, f"Study {name}: importances could not be computed ({error}).")
     merged: dict[str, float] = {}
-    for stored, value in shares.items():  # "weight_decay_zero" (0 or a log range) is weight decay too
-        key = "weight_decay" if stored == "weight_decay_zero" else stored
+    for stored, value in shares.items():  # weight decay drawn as zero (0 or a log range) is weight decay too
+        key = "weight_decay" if stored == WEIGHT_DECAY_ZERO else stored
         merged[key] = merged.get(key, 0.0) + float(value)
     top, share = max(merged.items(), key=lambda item: item[1])
     return Importance(name, merged, f"Study {name}: {LABELS.get(top, top).lower()} mattered most "
@@ -167,17 +168,6 @@ def png(figure: Any) -> bytes:
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     _pyplot().close(figure)
     return buffer.getvalue()
-
-
-def check_plot_folder(folder: Path, storage: str | None) -> None:
-    """Refuse (BadInput) a --plots folder where writing the plots would overwrite the storage or a file that is not a PNG."""
-    from hpsearch.errors import BadInput
-    from hpsearch.report import check_output
-
-    if folder.exists() and not folder.is_dir():
-        raise BadInput(f"--plots {folder} is not a folder; give the path of a folder for the PNG files")
-    for name in (LOSS_CURVES, METRIC_VS_LR, IMPORTANCE):
-        check_output(folder / name, storage, "--plots", "a PNG plot", lambda head: head.startswith(PNG_MAGIC))
 
 
 def write_plots(results: Results, importances: list[Importance], folder: Path) -> list[Path]:

@@ -37,7 +37,7 @@ import pandas as pd
 
 from hpsearch.errors import BadInput
 from hpsearch.results import PARAMS, Results, edge_flags, read_results, searched_ranges
-from hpsearch.search import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
+from hpsearch.records import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
 from hpsearch.spec import (
     SCALES,
     Dimension,

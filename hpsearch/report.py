@@ -429,3 +429,13 @@ def check_output(path: Path, storage: str | None, option: str, what: str, ours: 
 def check_report_output(path: Path, fmt: str, storage: str | None) -> None:
     """``report --format FMT --output PATH``: see check_output."""
     check_output(path, storage, "--output", f"a {fmt} report", STARTS[fmt].match)
+
+
+def check_plot_folder(folder: Path, storage: str | None) -> None:
+    """Refuse (BadInput) a --plots folder where writing the plots would overwrite the storage or a file that is not a PNG."""
+    from hpsearch.plots import IMPORTANCE, LOSS_CURVES, METRIC_VS_LR, PNG_MAGIC
+
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"--plots {folder} is not a folder; give the path of a folder for the PNG files")
+    for name in (LOSS_CURVES, METRIC_VS_LR, IMPORTANCE):
+        check_output(folder / name, storage, "--plots", "a PNG plot", lambda head: head.startswith(PNG_MAGIC))

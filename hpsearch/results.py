@@ -9,7 +9,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.search import SETTINGS_ATTR, claimable, decode_params, made_by_hpsearch, not_hpsearch
+from hpsearch.records import (EPOCHS, OUTCOME, REASON, SECONDS, SETTINGS_ATTR, STOPPED_EPOCH, TEST_ATTR, claimable,
+                              decode_params, made_by_hpsearch, not_hpsearch)
 from hpsearch.spec import PARAMS
 from hpsearch.storage import load_study, open_storage
 
@@ -27,7 +28,7 @@ _OUTCOME = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "diverged", Tri
 def _row(study: str, t: FrozenTrial) -> dict[str, object]:
     attrs = t.user_attrs
     params = decode_params(t.params)
-    outcome = attrs.get("outcome", _OUTCOME.get(t.state, t.state.name.lower()))
+    outcome = attrs.get(OUTCOME, _OUTCOME.get(t.state, t.state.name.lower()))
     completed = t.state == TrialState.COMPLETE
     curves = {m: attrs.get(m) or [] for m in METRICS}
     return {
@@ -37,14 +38,14 @@ def _row(study: str, t: FrozenTrial) -> dict[str, object]:
         "weight_decay": params.get("weight_decay"),
         "batch_size": params.get("batch_size"),
         "momentum": params.get("momentum"),
-        "epochs": attrs.get("epochs"),
+        "epochs": attrs.get(EPOCHS),
         **{m: (curves[m][-1] if completed and curves[m] else None) for m in METRICS},
         "outcome": outcome,
-        "stopped_epoch": attrs.get("stopped_epoch"),
-        "seconds": attrs.get("seconds"),
-        "reason": attrs.get("reason", ""),
-        "diagnosis": diagnose(outcome, curves["train_loss"], curves["val_loss"], attrs.get("stopped_epoch"),
-                              attrs.get("reason", "")),
+        "stopped_epoch": attrs.get(STOPPED_EPOCH),
+        "seconds": attrs.get(SECONDS),
+        "reason": attrs.get(REASON, ""),
+        "diagnosis": diagnose(outcome, curves["train_loss"], curves["val_loss"], attrs.get(STOPPED_EPOCH),
+                              attrs.get(REASON, "")),
     }
 
 
@@ -119,7 +120,7 @@ class Results:
         return dict(self.studies[study].user_attrs.get(SETTINGS_ATTR, {}))
 
     def test_result(self, study: str) -> dict[str, Any] | None:
-        return self.studies[study].user_attrs.get("test_result")
+        return self.studies[study].user_attrs.get(TEST_ATTR)
 
     def trial(self, study: str, number: int) -> FrozenTrial:
         return self._trials[study, number]

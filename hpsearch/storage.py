@@ -19,7 +19,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from hpsearch.errors import BadInput, RuntimeFailure
-from hpsearch.journal import JournalFile, check_readable, not_a_journal
+from hpsearch.journal import JournalFile, Repair, check_readable, not_a_journal, repair
 from hpsearch.redact import redact, remember, scrub
 
 DEFAULT_JOURNAL = Path("studies") / "hpsearch.journal"
@@ -319,3 +319,13 @@ def load_study(storage: BaseStorage, shown: str, name: str) -> optuna.Study:
         there = ", ".join(names) if names else "none"
         raise BadInput(f"no study named '{name}' in {shown} (studies there: {there})")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def repair_journal(url: str | None) -> Repair:
+    """``hpsearch repair``: repair the journal at --storage (or the default one)."""
+    location = storage_location(url)
+    if "://" in location:
+        raise BadInput(f"{redact(location)} is a database; only journal files need repair")
+    if not Path(location).is_file():
+        raise BadInput(f"no journal at {location}; give its path with --storage")
+    return repair(location, redact(location))

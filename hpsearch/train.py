@@ -4,8 +4,8 @@ Configurations that share a task and a batch size train together as one batched 
 parameters stacked per member, one batched forward (baddbmm for Linear/ReLU stacks, otherwise
 vmap(functional_call)), one backward over the summed member losses (written by hand for the
 Linear/ReLU stacks, which skips the autograd engine; autograd for the rest),
-and a vectorised SGD step with per-member learning rate, weight decay and momentum
-(``torch.optim.SGD`` semantics: coupled weight decay, dampening 0, no Nesterov).
+and a vectorised optimizer step (``SGD``: per-member learning rate, weight decay and momentum,
+``torch.optim.SGD`` semantics: coupled weight decay, dampening 0, no Nesterov).
 A parameter with ``requires_grad=False`` stays frozen, as under ``torch.optim.SGD`` (no step, no
 weight decay, no momentum); a model with no trainable parameter is refused.
 Each member has its own seed for initialisation and data order, so a member ends where the same
@@ -32,7 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpsearch.errors import BadInput
 from hpsearch.spec import Config
-from hpsearch.tasks import Task, note_once
+from hpsearch.tasktypes import Task, note_once
 
 DIVERGENCE_FACTOR = 10.0  # a loss above 10x the member's first loss counts as exploding (DESIGN.md)
 
@@ -300,6 +300,56 @@ def _one_at_a_time(models: list[nn.Module], device: torch.device, member_dims: i
     return _Batched(params, forward, export, train, keep)
 
 
+class SGD:
+    """``torch.optim.SGD`` for every member at once: its own learning rate, weight decay and momentum.
+
+    Coupled weight decay, dampening 0, no Nesterov: d = g + wd * p; v = momentum * v + d; p = p - lr * v,
+    in place (fresh large tensors cost page faults on the CPU). Velocity is per member, like the rows
+    of the parameters; ``keep(rows)`` drops the members that left the population.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[Config], like: torch.Tensor) -> None:
+        """``like``: the dtype and device of the per-member values (the training inputs')."""
+        self.lr = _per_member([c.lr for c in configs], like)
+        self.weight_decay = _per_member([c.weight_decay for c in configs], like)
+        self.momentum = _per_member([c.momentum for c in configs], like)
+        self.velocity = [torch.zeros_like(p) for p in params]
+        self._views()
+
+    def _views(self) -> None:
+        """Per-member values shaped to broadcast over each parameter (P, 1, ...), made once per population."""
+        self._shapes = [(-1,) + (1,) * (v.dim() - 1) for v in self.velocity]
+        self._decay = [self.weight_decay.view(shape) for shape in self._shapes]
+        self._momentum = [self.momentum.view(shape) for shape in self._shapes]
+
+    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], alive: torch.Tensor) -> None:
+        """One step of the members where ``alive`` (a diverged member's parameters stay as they were)."""
+        step_size = self.lr * alive
+        for p, g, v, shape, decay, momentum in zip(params, grads, self.velocity, self._shapes, self._decay,
+                                                    self._momentum):
+            g.addcmul_(p, decay)
+            torch.addcmul(g, v, momentum, out=v)
+            p.addcmul_(step_size.view(shape), v, value=-1.0)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.lr, self.weight_decay, self.momentum = self.lr[rows], self.weight_decay[rows], self.momentum[rows]
+        self.velocity = [v[rows] for v in self.velocity]
+        self._views()
+
+
+def evaluate(batched: _Batched, params: list[torch.Tensor], kind: str, split: tuple[torch.Tensor, torch.Tensor],
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each member's loss and accuracy (NaN for regression) on a split shared by every member, in evaluation mode."""
+    x, y = split
+    with torch.no_grad():
+        batched.train(False)
+        outputs = batched.forward(params, x)
+        losses = member_losses(kind, outputs, y)
+        if kind != "classification":
+            return losses, torch.full_like(losses, math.nan)
+        return losses, (outputs.argmax(-1) == y).float().mean(1)
+
+
 def member_losses(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Each member's mean loss: cross-entropy (classification) or mean squared error (regression).
 
@@ -326,7 +376,6 @@ def train_population(
     if any(c.batch_size != batch_size for c in configs):
         raise ValueError("a population shares one batch size")
     x_train, y_train = task.train
-    x_val, y_val = task.val
     device = x_train.device
     n = len(x_train)
     steps = math.ceil(n / batch_size)
@@ -354,10 +403,7 @@ def train_population(
     ids = list(range(len(configs)))  # original index of each row still training
     results = [MemberResult(c) for c in configs]
     generators = [torch.Generator().manual_seed(c.seed) for c in configs]
-    lr = _per_member([c.lr for c in configs], x_train)
-    wd = _per_member([c.weight_decay for c in configs], x_train)
-    mom = _per_member([c.momentum for c in configs], x_train)
-    velocity = [torch.zeros_like(params[k]) for k in stepped]
+    optimizer = SGD([params[k] for k in stepped], configs, x_train)
     limit: torch.Tensor | None = None
 
     for epoch in range(1, epochs + 1):
@@ -366,9 +412,6 @@ def train_population(
         alive = torch.ones(rows, dtype=torch.bool, device=device)
         losses_seen = torch.empty(steps, rows, device=device)  # read once, at the end of the epoch
         order = torch.stack([torch.randperm(n, generator=generators[i]) for i in ids]).to(device)
-        shapes = [(-1,) + (1,) * (params[k].dim() - 1) for k in stepped]
-        wd_views = [wd.view(shape) for shape in shapes]
-        mom_views = [mom.view(shape) for shape in shapes]
         batched.train(True)
         for step in range(steps):
             # index_select on the flat indices: a fifth of the time of x_train[index] with a 2-D index
@@ -389,18 +432,9 @@ def train_population(
                     limit = DIVERGENCE_FACTOR * loss
                 losses_seen[step] = loss
                 alive &= loss <= limit  # false for NaN and inf too: the member stops at this step
-                step_size = lr * alive
-                # torch.optim.SGD: d = g + wd * p; v = momentum * v + d; p = p - lr * v (in place:
-                # fresh large tensors cost page faults on the CPU)
-                for p, g, v, shape, wd_view, mom_view in zip(trainable, grads, velocity, shapes, wd_views, mom_views):
-                    g.addcmul_(p, wd_view)
-                    torch.addcmul(g, v, mom_view, out=v)
-                    p.addcmul_(step_size.view(shape), v, value=-1.0)
+                optimizer.step(trainable, grads, alive)
+        val_losses, val_acc = evaluate(batched, params, task.kind, task.val)
         with torch.no_grad():
-            batched.train(False)
-            outputs = batched.forward(params, x_val)
-            val_losses = member_losses(task.kind, outputs, y_val)
-            val_acc = (outputs.argmax(-1) == y_val).float().mean(1) if classifying else torch.full_like(val_losses, math.nan)
             first_bad = (~(losses_seen <= limit)).to(torch.uint8).argmax(0)  # 0 where none was bad
             bad_loss = losses_seen.gather(0, first_bad.unsqueeze(0)).squeeze(0)
             stats = torch.stack([losses_seen.mean(0), val_losses, val_acc, alive.float(), first_bad.float() + 1,
@@ -451,9 +485,9 @@ def train_population(
             keep = torch.tensor(keep_rows, dtype=torch.long, device=device)
             ids = [ids[row] for row in keep_rows]
             params = [p.detach()[keep].requires_grad_(p.requires_grad) for p in params]
-            velocity = [v[keep] for v in velocity]
+            optimizer.keep(keep)
             batched.keep(keep)
-            lr, wd, mom, limit = lr[keep], wd[keep], mom[keep], limit[keep]
+            limit = limit[keep]
         if not ids:
             break
     return results

@@ -36,7 +36,7 @@ from torch import nn
 
 from hpsearch.errors import BadInput, HpsearchError
 from hpsearch.spec import DATA_SUFFIXES, task_reference
-from hpsearch.tasks import KINDS, Split, Task, carve, mlp, note_once
+from hpsearch.tasktypes import KINDS, Split, Task, carve, mlp, note_once
 from hpsearch.train import require_trainable
 
 CARVED = 0.2  # the share of the given training data carved out for each missing split

@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from hpsearch.cli import main
-from hpsearch.search import param_config
+from hpsearch.records import param_config
 from hpsearch.train import member_losses, train_and_test
 
 TOL = 1e-5

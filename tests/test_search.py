@@ -139,10 +139,10 @@ def test_random_and_tpe_prune_too(workdir):
 
 def test_tpe_does_not_train_a_configuration_twice_on_comma_lists():
     # A configuration's result depends only on its values and --seed: a repeat would teach TPE nothing.
-    from hpsearch.search import _TrialSeededTPE
+    from hpsearch.samplers import TrialSeededTPE
 
     xs, ys = [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5]
-    study = optuna.create_study(direction="maximize", sampler=_TrialSeededTPE(0))
+    study = optuna.create_study(direction="maximize", sampler=TrialSeededTPE(0))
     study.optimize(lambda t: -(t.suggest_categorical("x", xs) - 3) ** 2 - (t.suggest_categorical("y", ys) - 1) ** 2,
                    n_trials=40)
     points = [(t.params["x"], t.params["y"]) for t in study.trials]
