@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -13,7 +12,8 @@ from hpsearch.samplers import TrialSeededRandom
 from hpsearch.search import run_search
 from hpsearch.signals import Stop
 from hpsearch.spec import build_spec
-from hpsearch.storage import DEFAULT_JOURNAL
+
+from helpers import plain_study
 
 
 class _StopsWhileSampling(TrialSeededRandom):
@@ -37,7 +37,6 @@ def test_a_stop_between_asking_and_training_leaves_no_trial_running(workdir, sto
         run_search(spec, strategy=strategy)
     assert caught.value.exit_code == code
     assert "4 running trial(s) recorded as interrupted and queued again" in str(caught.value)
-    trials = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(DEFAULT_JOURNAL)))).get_trials(deepcopy=False)
+    trials = plain_study("s").get_trials(deepcopy=False)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert sum(t.user_attrs.get("outcome") == "interrupted" for t in trials) == 4
