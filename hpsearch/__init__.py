@@ -6,10 +6,31 @@ The public API is imported lazily, so that ``import hpsearch`` does not import t
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # what type checkers see (py.typed); at run time __getattr__ imports each name on first use
+    from hpsearch.errors import BadInput as BadInput
+    from hpsearch.errors import HpsearchError as HpsearchError
+    from hpsearch.errors import Interrupted as Interrupted
+    from hpsearch.errors import RuntimeFailure as RuntimeFailure
+    from hpsearch.results import load_results as load_results
+    from hpsearch.search import Progress as Progress
+    from hpsearch.search import SearchOutcome as SearchOutcome
+    from hpsearch.search import run_search as run_search
+    from hpsearch.spec import Config as Config
+    from hpsearch.spec import SearchSpace as SearchSpace
+    from hpsearch.spec import StudySpec as StudySpec
+    from hpsearch.spec import build_spec as build_spec
+    from hpsearch.spec import parse_values as parse_values
+    from hpsearch.tasks import Task as Task
+    from hpsearch.tasks import load_task as load_task
+    from hpsearch.train import EpochReport as EpochReport
+    from hpsearch.train import MemberResult as MemberResult
+    from hpsearch.train import train_population as train_population
+
+# Each public name and the module that defines it (tests/test_init.py checks that the imports above agree).
 _API = {
     "StudySpec": "spec", "SearchSpace": "spec", "Config": "spec", "build_spec": "spec", "parse_values": "spec",
     "Task": "tasks", "load_task": "tasks",

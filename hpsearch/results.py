@@ -32,7 +32,9 @@ _OUTCOME = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "diverged", Tri
 def _row(study: str, t: FrozenTrial) -> dict[str, object]:
     attrs = t.user_attrs
     params = decode_params(t.params)
-    outcome = attrs.get(OUTCOME, _OUTCOME.get(t.state, t.state.name.lower()))
+    # The state decides: a worker writes a trial's attributes before its state, so a reader in between
+    # sees "completed" on a trial that is still RUNNING, without its last values.
+    outcome = "running" if t.state == TrialState.RUNNING else attrs.get(OUTCOME, _OUTCOME.get(t.state, t.state.name.lower()))
     completed = t.state == TrialState.COMPLETE
     curves = {m: attrs.get(m) or [] for m in METRICS}
     return {

@@ -170,6 +170,9 @@ class _Runner:
         # PostgreSQL is shared across machines, where lock files cannot be seen: a heartbeat shows life
         self.heartbeat = Heartbeat(study) if isinstance(store.storage, optuna.storages.RDBStorage) else None
         self.signals = signals.Held()
+        # Trials this process asked and has not yet told or failed: wherever a stop lands (between asking
+        # and training too), these are recorded as interrupted and queued again, never left RUNNING.
+        self.held: dict[int, Trial] = {}
         self.trained = 0
         self.failed = 0
         self.total = 0
@@ -185,7 +188,6 @@ class _Runner:
 
     def run_batch(self, trials: list[Trial], configs: list[Config]) -> None:
         """Train asked trials through the objective, and tell each group of them as it ends."""
-        pending = {t.number: t for t in trials}
 
         def on_epoch(group: Sequence[int], report: EpochReport) -> list[int]:
             with self._writes():
@@ -204,17 +206,14 @@ class _Runner:
                 group = [trials[i] for i in members]
                 if isinstance(results, Failure):
                     self._failed(group, results)
-                    for trial in group:
-                        pending.pop(trial.number)
                     continue
                 with self._writes():
                     for trial, result in zip(group, results):
                         self._tell(trial, result)
-                        pending.pop(trial.number)
                 self.trained += len(group)
                 self._tick()
         except KeyboardInterrupt as stop:
-            self._interrupted(list(pending.values()), stop)
+            self.interrupted(stop)
         finally:
             if self.heartbeat:
                 self.heartbeat.forget([t._trial_id for t in trials])
@@ -249,10 +248,11 @@ class _Runner:
         with self.signals.hold(swallow), self.store.batch():
             yield
 
-    def _interrupted(self, trials: list[Trial], stop: KeyboardInterrupt) -> None:
-        """Ctrl-C or SIGTERM: record the running trials as interrupted, queue their configurations again, stop."""
+    def interrupted(self, stop: KeyboardInterrupt) -> None:
+        """Ctrl-C or SIGTERM: record the trials held as interrupted, queue their configurations again, stop."""
         signum = signals.signum(stop)
         by = signals.by(signum)
+        trials = list(self.held.values())
         with self._writes(swallow=True):
             for trial in trials:
                 self._fail(trial, Outcome.INTERRUPTED, f"stopped by {by}; queued again for the next run", requeued=True)
@@ -275,19 +275,22 @@ class _Runner:
                 reap(self.study, self.worker)
                 for _ in range(how_many(self.study.get_trials(deepcopy=False))):
                     trial = self.study.ask(distributions)
+                    self.held[trial.number] = trial
                     self.worker.mark(trial)
                     asked.append(trial)
         except KeyboardInterrupt as stop:
-            self._interrupted(asked, stop)
+            self.interrupted(stop)
         if self.heartbeat:
             self.heartbeat.watch([t._trial_id for t in asked])
         return asked
 
     def _fail(self, trial: Trial, outcome: Outcome, reason: str, requeued: bool = False) -> None:
         fail(self.study, trial._trial_id, outcome, reason, requeued)
+        self.held.pop(trial.number, None)
 
     def _tell(self, trial: Trial, result) -> None:  # noqa: ANN001 - a train.MemberResult
         value = tell(self.study, trial, result, self.spec.prune, self.minimize)
+        self.held.pop(trial.number, None)
         if value is not None:
             self.best = value if self.best is None else (min if self.minimize else max)(self.best, value)
 
@@ -401,7 +404,9 @@ def run_here(spec: StudySpec, progress: ProgressCallback | None = None, objectiv
             else:
                 runner.sample(strategy.batch(spec))
             elsewhere = running_elsewhere(study, runner.worker)
-        except KeyboardInterrupt as stop:  # between populations: no trial was in flight
+        except KeyboardInterrupt as stop:
+            if runner.held:  # asked but not yet training (the stop landed between the two)
+                runner.interrupted(stop)
             raise Interrupted.by(signals.signum(stop),
                                  f"interrupted; re-run the same command to finish study '{spec.study}'") from None
         finally:

@@ -1,7 +1,16 @@
-"""Shared fixtures: the real digits task (cached per session) and a working folder per test."""
+"""Shared fixtures: the real digits task (cached per session), a working folder per test, one torch thread,
+torch.optim.SGD as a yardstick, hpsearch subprocesses that never outlive their test.
+
+Plain helpers (run, tiny, study_trials, wait_for, ...) are in helpers.py.
+"""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+
+from helpers import one_thread_env
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +64,22 @@ def torch_sgd():
         return model
 
     return train
+
+
+@pytest.fixture()
+def spawned():
+    """``spawned(folder, args)`` starts ``python -m hpsearch ARGS`` there (one torch thread, stdout and stderr
+    piped, bytes unless ``text=True``); whatever a failed test leaves running is killed."""
+    procs: list[subprocess.Popen] = []
+
+    def popen(cwd, args: list[str], text: bool = False) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "hpsearch", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=cwd, env=one_thread_env(), text=text)
+        procs.append(proc)
+        return proc
+
+    yield popen
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
 from hpsearch.check import initial_loss, memory, overfit_one_batch, parameter_count, run_checks
-from hpsearch.cli import main
 from hpsearch.errors import BadInput
+
+from helpers import run
 
 
 class IgnoresInput(nn.Module):
@@ -82,7 +82,7 @@ def test_a_model_without_trainable_parameters_is_refused_not_checked(digits):
 @pytest.mark.parametrize("command", [["check"], ["grid", "--epochs", "1"]])
 def test_a_frozen_plugin_model_is_one_line_and_exit_2(workdir, command):
     (workdir / "frozen.py").write_text(FROZEN_TASK)
-    result = CliRunner().invoke(main, [*command, "--task", "frozen.py:make"])
+    result = run(*command, "--task", "frozen.py:make")
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == [
         "Error: frozen.py:make: the Sequential model has no trainable parameter "
@@ -111,7 +111,7 @@ def test_an_overconfident_initialisation_is_a_warning(digits):
 
 
 def test_check_on_the_command_line(workdir):
-    result = CliRunner().invoke(main, ["check", "--task", "digits", "--population", "4"])
+    result = run("check", "--task", "digits", "--population", "4")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert [line.split(":")[0].split()[-1] for line in lines] == [
@@ -121,5 +121,5 @@ def test_check_on_the_command_line(workdir):
 
 
 def test_check_has_help_with_an_example():
-    result = CliRunner().invoke(main, ["check", "--help"])
+    result = run("check", "--help")
     assert result.exit_code == 0 and "hpsearch check --task digits" in result.stdout

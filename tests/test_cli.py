@@ -9,21 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from hpsearch.cli import main
 
-TINY = ["--lr", "1e-1,1e-2", "--weight-decay", "0,1e-4", "--batch-size", "64,128", "--epochs", "1"]
+from helpers import ROOT, plain_study, run, tiny
+
+TINY = tiny()
 COLUMNS = ["rank", "lr", "weight_decay", "batch_size", "momentum", "epochs", "val_accuracy", "val_loss",
            "train_loss", "outcome", "seconds"]
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
+README = ROOT / "README.md"
 
 
 def test_grid_prints_a_ranked_table(workdir):
@@ -66,7 +62,7 @@ def test_report_table_and_study_list(workdir):
     run("grid", "--study", "g", *TINY)
     table = run("report", "g")
     assert table.exit_code == 0 and table.stdout.count("completed") == 8
-    narrow = CliRunner().invoke(main, ["report", "g"], env={"COLUMNS": "80"})
+    narrow = run("report", "g", env={"COLUMNS": "80"})
     assert narrow.exit_code == 0 and narrow.stdout.count("completed") == 8
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
     listing = run("report")
@@ -113,7 +109,7 @@ def test_unknown_study_names_the_ones_there(workdir):
 
 def test_changed_settings_are_refused_with_a_hint(workdir):
     run("grid", "--study", "g", *TINY)
-    result = run("grid", "--study", "g", *TINY[:-1], "2")
+    result = run("grid", "--study", "g", *tiny(epochs=2))
     assert result.exit_code == 2 and "choose another --study name" in result.stderr
 
 
@@ -123,7 +119,7 @@ def test_a_password_in_a_storage_url_is_never_shown(workdir):
     assert "s3cret" not in result.output and "me:***@" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["grid", "random", "tpe", "refine", "test", "report"])
+@pytest.mark.parametrize("command", sorted(main.commands))
 def test_every_command_has_help_with_an_example_and_is_in_the_readme(command):
     result = run(command, "--help")
     assert result.exit_code == 0 and "Example" in result.stdout
@@ -158,18 +154,13 @@ def test_ctrl_c_records_interrupted_trials_and_the_rerun_completes(workdir, when
     assert "interrupted" in err and "Traceback" not in err
     assert "Best: val acc" in out or "No trial completed" in out  # the results so far are printed
 
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
     from optuna.trial import TrialState
 
-    def study():
-        return optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))))
-
-    assert not [t for t in study().trials if t.state == TrialState.RUNNING]
-    done_before = {t.number: t.value for t in study().trials if t.state == TrialState.COMPLETE}
+    assert not [t for t in plain_study("s", journal).trials if t.state == TrialState.RUNNING]
+    done_before = {t.number: t.value for t in plain_study("s", journal).trials if t.state == TrialState.COMPLETE}
     rerun = subprocess.run(args, cwd=workdir, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    trials = study().trials
+    trials = plain_study("s", journal).trials
     finished = [tuple(sorted(t.params.items())) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 384 and len(set(finished)) == 384
     assert all(trials[n].value == v for n, v in done_before.items())

@@ -1,25 +1,13 @@
 """hpsearch test: the chosen configuration trained again and evaluated once on the test split."""
 from __future__ import annotations
 
-import optuna
 import pytest
 import torch
-from click.testing import CliRunner
 
-from hpsearch.cli import main
 from hpsearch.records import param_config
 from hpsearch.train import member_losses, train_and_test
 
-TOL = 1e-5
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def study(name: str) -> optuna.Study:
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend("studies/hpsearch.journal"))
-    return optuna.load_study(study_name=name, storage=storage)
+from helpers import TOL, plain_study, run
 
 
 @pytest.fixture()
@@ -27,7 +15,7 @@ def searched(workdir):
     result = run("grid", "--study", "s", "--lr", "1e-1,1e-2", "--weight-decay", "0", "--batch-size", "128",
                  "--epochs", "2")
     assert result.exit_code == 0, result.output
-    return study("s")
+    return plain_study("s")
 
 
 def test_the_retrained_member_is_the_trial_and_is_scored_on_the_test_split(searched, digits):
@@ -47,7 +35,7 @@ def test_the_retrained_member_is_the_trial_and_is_scored_on_the_test_split(searc
 def test_test_records_once_and_refuses_a_second_evaluation(searched):
     first = run("test", "--study", "s")
     assert first.exit_code == 0, first.output
-    record = study("s").user_attrs["test_result"]
+    record = plain_study("s").user_attrs["test_result"]
     best = searched.best_trial
     assert record["trial"] == best.number and record["study"] == "s" and record["epochs"] == 2
     assert record["config"]["lr"] == best.params["lr"] and record["evaluations"] == 1
@@ -57,11 +45,11 @@ def test_test_records_once_and_refuses_a_second_evaluation(searched):
     second = run("test", "--study", "s")
     assert second.exit_code == 2 and "tested already" in second.stderr and "--force" in second.stderr
     assert f"test accuracy {record['test_accuracy']:.4f}" in second.stdout  # the recorded result, shown
-    assert study("s").user_attrs["test_result"] == record
+    assert plain_study("s").user_attrs["test_result"] == record
 
     forced = run("test", "--study", "s", "--force")
     assert forced.exit_code == 0, forced.output
-    again = study("s").user_attrs["test_result"]
+    again = plain_study("s").user_attrs["test_result"]
     assert again["evaluations"] == 2 and again["test_accuracy"] == pytest.approx(record["test_accuracy"])
     assert "evaluated 2 times" in forced.stdout
 
@@ -70,7 +58,7 @@ def test_test_takes_another_trial_and_rejects_bad_ones(searched):
     other = next(t for t in searched.get_trials() if t.number != searched.best_trial.number)
     result = run("test", "--study", "s", "--trial", str(other.number))
     assert result.exit_code == 0, result.output
-    assert study("s").user_attrs["test_result"]["trial"] == other.number
+    assert plain_study("s").user_attrs["test_result"]["trial"] == other.number
     for args, message in ((["--study", "s", "--trial", "7", "--force"], "has no trial 7"),
                           (["--study", "nope"], "no study named 'nope'")):
         result = run("test", *args)

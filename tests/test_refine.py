@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import optuna
 import pytest
-from click.testing import CliRunner
 
-from hpsearch.cli import main
 from hpsearch.refine import half_step, neighbourhood
+
+from helpers import plain_storage, plain_study, run, tiny
 
 DECADE = math.log(10) / 2  # the refined step of a grid spaced by decades: half a decade
 
@@ -53,11 +53,7 @@ def test_weight_decay_zero_and_momentum_zero_stay():
 
 # On digits after 2 epochs (seed 0), lr 1e-1 is the best of 1e-3, 1e-2, 1e-1: the largest searched.
 # Batch size 256: 5 steps an epoch keep the refined runs short.
-COARSE = ["--lr", "1e-3,1e-2,1e-1", "--weight-decay", "0,1e-4", "--batch-size", "256", "--epochs", "2"]
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
+COARSE = tiny(lr="1e-3,1e-2,1e-1", batch_size="256", epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +70,6 @@ def storage(coarse_journal, workdir):
     path = workdir / "studies.journal"
     shutil.copy(coarse_journal, path)
     return str(path)
-
-
-def load(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(storage)))
 
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -99,7 +90,7 @@ def near(a: float, b: float, factor: float, below_zero: float = 0.0) -> bool:
 def test_refined_grid_lies_around_the_top_trials_and_widens_upward(storage):
     result = run("refine", "--from", "coarse", "--study", "fine", "--epochs", "1", "--storage", storage)
     assert result.exit_code == 0, result.output
-    coarse, fine = load(storage, "coarse"), load(storage, "fine")
+    coarse, fine = plain_study("coarse", storage), plain_study("fine", storage)
     best = top3(coarse)
     assert best[0].params["lr"] == 0.1  # the premise: the best lr is the largest searched
     points = [t.params for t in fine.get_trials()]
@@ -123,7 +114,7 @@ def test_refine_trains_longer_by_default_and_keeps_the_seed(storage):
     result = run("refine", "--from", "coarse", "--sampler", "random", "--trials", "2", "--study", "long",
                  "--storage", storage)
     assert result.exit_code == 0, result.output
-    study = load(storage, "long")
+    study = plain_study("long", storage)
     settings = study.user_attrs["hpsearch"]
     assert settings["epochs"] == 10 and settings["seed"] == 0 and settings["task"] == "digits"
     assert [t.user_attrs["epochs"] for t in completed(study)] == [10, 10]
@@ -137,8 +128,7 @@ def test_show_prints_the_space_and_trains_nothing(storage):
     assert "lr (log scale, refined step x3.16)" in result.stdout
     assert "best 0.1 is the highest value searched -> widened upward: 0.0316, 0.1, 0.316, 1" in result.stdout
     assert "28 configurations" in result.stdout and "batch_size (searched at one value)" in result.stdout
-    names = [s.study_name for s in optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(storage)).get_all_studies()]
+    names = [s.study_name for s in plain_storage(storage).get_all_studies()]
     assert names == ["coarse"]
 
 
@@ -146,7 +136,7 @@ def test_random_and_tpe_sample_inside_the_refined_ranges(storage):
     result = run("refine", "--from", "coarse", "--sampler", "tpe", "--trials", "4", "--epochs", "1",
                  "--study", "fine-tpe", "--storage", storage)
     assert result.exit_code == 0, result.output
-    trials = load(storage, "fine-tpe").get_trials()
+    trials = plain_study("fine-tpe", storage).get_trials()
     assert len(trials) == 4
     for t in trials:
         assert 0.00316 <= t.params["lr"] <= 1.0

@@ -1,5 +1,6 @@
-"""The report: diagnosis of the curves, edge flags, distance to the best, and every output format
-(markdown, json, html, PNG plots) through the real CLI on tiny digits studies."""
+"""The report: every output format (table, csv, markdown, json, html, PNG plots) through the real CLI on tiny
+digits studies; where it may write; studies an older hpsearch or plain Optuna wrote. (The diagnosis, edges and
+distance to the best it shows: test_results.py.)"""
 from __future__ import annotations
 
 import base64
@@ -12,90 +13,13 @@ import subprocess
 import sys
 
 import optuna
-import pandas as pd
 import pytest
-from click.testing import CliRunner
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from hpsearch.cli import main
-from hpsearch.plots import importance
-from hpsearch.results import diagnose, edge_flags, phase, rank, searched_ranges
 from hpsearch.storage import load_study, open_storage
 
+from helpers import plain_storage, plain_study, run, snapshot
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-# --- the diagnosis, one hand-made curve per rule ---
-
-@pytest.mark.parametrize("outcome, train, val, expected", [
-    ("completed", [2.3, 2.3, 2.3], [2.3, 2.3, 2.3], "not learning"),            # dead ReLUs: flat at ln(10)
-    ("completed", [2.31, 2.30, 2.295], [2.3, 2.3, 2.29], "not learning"),       # lr far too low: < 1% fall
-    ("completed", [1.0, 0.4, 0.2, 0.1, 0.05], [0.5, 0.3, 0.35, 0.4, 0.45], "overfitting"),
-    ("completed", [2.30, 2.26, 2.23, 2.20, 2.17], [2.3, 2.27, 2.24, 2.21, 2.18], "underfitting"),
-    ("completed", [1.0, 0.3, 0.2, 0.19, 0.188], [0.4, 0.3, 0.28, 0.27, 0.27], "healthy"),
-    # a single bump in the last epoch is noise, not overfitting; a flattened training loss is not underfitting
-    ("completed", [1.0, 0.3, 0.2, 0.15, 0.149], [0.4, 0.3, 0.2, 0.15, 0.2], "healthy"),
-    # near zero the training loss still falls by a large ratio, but by little of its whole fall
-    ("completed", [0.5, 0.1, 0.05, 0.03, 0.02], [0.3, 0.2, 0.19, 0.19, 0.18], "healthy"),
-    ("completed", [1.0], [0.9], "too short"),
-])
-def test_diagnosis_of_completed_curves(outcome, train, val, expected):
-    assert diagnose(outcome, train, val) == expected
-
-
-def test_diagnosis_of_trials_that_did_not_finish():
-    assert diagnose("diverged", [2.3], [], stopped_epoch=2) == "diverged at epoch 2"
-    assert diagnose("pruned", [2.3, 2.0], [2.2, 2.1], stopped_epoch=2) == "pruned at epoch 2"
-    assert diagnose("failed", [], [], reason="CUDA out of memory") == "failed: CUDA out of memory"
-    assert diagnose("interrupted", [], []) == "interrupted"
-    assert diagnose("out_of_memory", [], [], reason="batch size 4096") == "out_of_memory: batch size 4096"
-
-
-# --- edges, distance to the best, phase ---
-
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    base = {"study": "s", "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9, "epochs": 2, "val_loss": 0.5,
-            "train_loss": 0.4, "outcome": "completed", "stopped_epoch": None, "seconds": 0.1, "reason": "",
-            "phase": "grid", "diagnosis": "healthy"}
-    return pd.DataFrame([{**base, "trial": i, **row} for i, row in enumerate(rows)])
-
-
-def test_searched_ranges_count_every_value_tried_and_edges_skip_fixed_and_zero():
-    frame = _frame([{"lr": 0.1, "weight_decay": 0.0, "val_accuracy": 0.9},
-                    {"lr": 0.01, "weight_decay": 1e-4, "val_accuracy": 0.8},
-                    {"lr": 3.0, "weight_decay": 1e-5, "val_accuracy": None, "outcome": "diverged"}])
-    ranges = searched_ranges(frame)
-    assert ranges["lr"] == (0.01, 3.0)  # the diverged learning rate was searched too
-    assert ranges["momentum"] == (0.9, 0.9)
-    assert edge_flags({"lr": 0.1, "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9}, ranges) == {}
-    assert edge_flags({"lr": 3.0, "weight_decay": 1e-4}, ranges) == {"lr": "high", "weight_decay": "high"}
-    assert edge_flags({"lr": 0.01, "weight_decay": 1e-5}, ranges) == {"lr": "low"}
-
-
-def test_rank_adds_the_distance_to_the_best_and_the_best_rows_edges():
-    frame = _frame([{"lr": 0.01, "val_accuracy": 0.8}, {"lr": 0.1, "val_accuracy": 0.9},
-                    {"lr": 3.0, "val_accuracy": None, "val_loss": None, "outcome": "diverged"}])
-    ranked = rank(frame)
-    assert ranked["delta"].tolist()[:2] == [0.0, pytest.approx(-0.1)] and pd.isna(ranked["delta"].iloc[2])
-    assert ranked["edges"].tolist() == ["", "", ""]  # the best lr 0.1 lies inside 0.01..3
-    regression = rank(_frame([{"lr": 0.01, "val_accuracy": None, "val_loss": 0.7},
-                              {"lr": 0.1, "val_accuracy": None, "val_loss": 0.2}]))
-    assert regression["delta"].tolist() == [0.0, pytest.approx(0.5)]  # the loss above the lowest
-    assert regression["edges"].iloc[0] == "lr high"
-
-
-def test_phase_is_refine_when_the_study_came_from_others():
-    assert phase({"command": "grid"}) == "grid"
-    assert phase({"command": "grid", "source": {"studies": ["coarse"], "trials": [1], "top": 3}}) == "refine"
-
-
-def test_importance_says_so_in_a_sentence_when_it_cannot_be_told():
-    distributions = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)}
-    study = optuna.create_study(study_name="one", direction="maximize")
-    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions=distributions, value=0.5))
-    assert importance(study).shares == {} and "too few" in importance(study).sentence
-    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1}, distributions=distributions, value=0.5))
-    assert importance(study).shares == {} and "scored the same" in importance(study).sentence
 
 
 # --- the formats, through the CLI, on two tiny real studies ---
@@ -116,10 +40,6 @@ def journal(tmp_path_factory) -> str:
                                                   "momentum": 0.9}, "trial": 0, "test_loss": 0.2,
                                        "test_accuracy": 0.95, "epochs": 3, "when": "2026-01-01T00:00:00"})
     return path
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def _csv_rows(journal: str, *studies: str) -> list[dict]:
@@ -274,23 +194,18 @@ HOSTILE_OUTPUTS = [  # (id, arguments after `report coarse`)
 ]
 
 
-def _snapshot(folder) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<folder>")
-            for p in sorted(folder.rglob("*"))}
-
-
 @pytest.mark.parametrize("args", [pytest.param(a, id=i) for i, a in HOSTILE_OUTPUTS])
 def test_a_report_or_plot_never_writes_over_the_storage_or_a_strangers_file(journal, workdir, args):
     _setup(workdir, journal)
     if "sqlite:///k.db" in args:  # a real SQLite storage holding the study
-        optuna.copy_study(from_study_name="coarse", from_storage=JournalStorage(JournalFileBackend(journal)),
+        optuna.copy_study(from_study_name="coarse", from_storage=plain_storage(journal),
                           to_storage="sqlite:///k.db")
     open_storage(args[args.index("--storage") + 1] if "--storage" in args else None, create=False)  # its lock file too
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     result = run("report", "coarse", *args)
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
-    assert _snapshot(workdir) == before  # nothing written, the plots of a good folder neither
+    assert snapshot(workdir) == before  # nothing written, the plots of a good folder neither
 
 
 @pytest.mark.parametrize("fmt", ["table", "csv", "markdown", "json", "html", "toml"])
@@ -303,10 +218,6 @@ def test_a_report_writes_over_its_own_earlier_file(journal, tmp_path, fmt):
 
 
 # --- values an older hpsearch stored, which parsing refuses now ---
-
-def _plain(path: str) -> optuna.storages.JournalStorage:
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
-
 
 def _hpsearch_trial(batch_size: int, accuracy: float, epochs: int = 1) -> optuna.trial.FrozenTrial:
     from optuna.distributions import FloatDistribution, IntDistribution
@@ -325,7 +236,7 @@ def test_stored_values_beyond_todays_bounds_are_shown_and_never_trained(workdir,
     it as it is; refine leaves the trial out with a line, or asks for the flag; test refuses it in one line."""
     path = str(workdir / "old.journal")
     huge = 10**20
-    study = optuna.create_study(storage=_plain(path), study_name="old", direction="maximize")
+    study = optuna.create_study(storage=plain_storage(path), study_name="old", direction="maximize")
     study.set_user_attr("hpsearch", {"command": "grid", "task": "digits", "epochs": huge if odd == "epochs" else 1,
                                      "seed": 0, "prune": "none", "metric": "val_accuracy",
                                      "space": {"lr": "0.1", "weight_decay": "0", "batch_size": "32", "momentum": "0.9"}})
@@ -351,7 +262,7 @@ def test_stored_values_beyond_todays_bounds_are_shown_and_never_trained(workdir,
         assert refined.exit_code == 2 and refined.stderr.count("\n") == 1
         assert run("refine", "--from", "old", "--show", "--epochs", "2", "--storage", path).exit_code == 0
     assert tested.exit_code == 2 and tested.stderr.count("\n") == 1, tested.output
-    assert len(optuna.load_study(study_name="old", storage=_plain(path)).user_attrs) == 1  # nothing recorded
+    assert len(plain_study("old", path).user_attrs) == 1  # nothing recorded
 
 
 # --- studies hpsearch did not make: listed, read-only, refused in one line ---
@@ -362,7 +273,7 @@ FOREIGN = ("strings", "minimize", "multi")
 def _foreign_journal(path: str) -> None:
     """Three studies written by plain Optuna into the journal hpsearch uses, each with an attribute of its own."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _plain(path)
+    storage = plain_storage(path)
     studies = {"strings": optuna.create_study(storage=storage, study_name="strings", direction="maximize"),
                "minimize": optuna.create_study(storage=storage, study_name="minimize", direction="minimize"),
                "multi": optuna.create_study(storage=storage, study_name="multi", directions=["minimize", "maximize"])}
@@ -375,7 +286,7 @@ def _foreign_journal(path: str) -> None:
 
 
 def _study_snapshot(path: str, name: str) -> tuple:
-    study = optuna.load_study(study_name=name, storage=_plain(path))
+    study = plain_study(name, path)
     return study.user_attrs, [(t.number, t.state, t.params, t.values, t.user_attrs) for t in study.trials]
 
 
@@ -448,8 +359,8 @@ def test_reading_commands_refuse_a_foreign_study_in_one_line(mixed, kind):
 def test_an_empty_study_without_attributes_is_claimed(workdir):
     """Nothing to lose: it may be one that another hpsearch process created a moment ago."""
     path = str(workdir / "empty.journal")
-    optuna.create_study(storage=_plain(path), study_name="new", direction="maximize")
+    optuna.create_study(storage=plain_storage(path), study_name="new", direction="maximize")
     result = run("grid", "--study", "new", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256",
                  "--epochs", "1", "--storage", path)
     assert result.exit_code == 0, result.output
-    assert optuna.load_study(study_name="new", storage=_plain(path)).user_attrs["hpsearch"]["command"] == "grid"
+    assert plain_study("new", path).user_attrs["hpsearch"]["command"] == "grid"

@@ -10,20 +10,9 @@ from optuna.trial import TrialState
 from hpsearch.errors import BadInput, Interrupted
 from hpsearch.search import run_search
 from hpsearch.spec import build_spec
-from hpsearch.storage import DEFAULT_JOURNAL
 
-TINY = {"lr": "1e-1,1e-2", "weight_decay": "0,1e-4", "batch_size": "64,128", "momentum": "0.9", "epochs": 1}
-
-
-def load(name: str) -> optuna.Study:
-    """What any Optuna user (or optuna-dashboard) would do with the journal hpsearch wrote."""
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(DEFAULT_JOURNAL))))
-
-
-def completed_points(study: optuna.Study) -> Counter:
-    return Counter(tuple(sorted(t.params.items())) for t in study.trials if t.state == TrialState.COMPLETE)
+from helpers import TINY, completed_points
+from helpers import plain_study as load  # what any Optuna user (or optuna-dashboard) reads from hpsearch's journal
 
 
 def test_grid_writes_trials_plain_optuna_can_read(workdir):
@@ -50,7 +39,7 @@ def test_a_finished_grid_trains_nothing_and_a_larger_one_only_the_new_points(wor
     assert len(load("g").trials) == 8
     larger = run_search(build_spec("grid", study="g", **{**TINY, "lr": "1e-1,1e-2,1e-3"}))
     assert larger.trained == 4
-    assert max(completed_points(load("g")).values()) == 1 and len(load("g").trials) == 12
+    assert max(completed_points(load("g").trials).values()) == 1 and len(load("g").trials) == 12
 
 
 def test_an_interrupted_grid_resumes_and_runs_every_point_once(workdir):
@@ -70,7 +59,7 @@ def test_an_interrupted_grid_resumes_and_runs_every_point_once(workdir):
     assert {t.user_attrs["outcome"] for t in study.trials if t.state == TrialState.FAIL} == {"interrupted"}
     resumed = run_search(build_spec("grid", study="g", **TINY))
     assert resumed.trained == 4 and resumed.already == 4
-    points = completed_points(load("g"))
+    points = completed_points(load("g").trials)
     assert len(points) == 8 and max(points.values()) == 1
 
 

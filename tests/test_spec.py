@@ -3,10 +3,9 @@ from __future__ import annotations
 import pytest
 
 from hpsearch.errors import BadInput
-from click.testing import CliRunner
-
-from hpsearch.cli import main
 from hpsearch.spec import INT_BOUNDS, build_spec, make_config, parse_space, parse_values, point_problem
+
+from helpers import run
 
 
 def test_lists_are_sorted_and_deduplicated():
@@ -198,7 +197,7 @@ def test_integers_out_of_bounds_are_one_line_before_anything_is_written(workdir,
     if toml is not None:
         (workdir / "bad.toml").write_text(toml)
         args = [*args, "--config", "bad.toml"]
-    result = CliRunner().invoke(main, args)
+    result = run(*args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], result.stderr

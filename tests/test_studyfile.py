@@ -1,19 +1,22 @@
-"""Study files: --config, flags over the file, one-line errors, and report --format toml re-running a study."""
+"""Study files: --config, flags over the file, one-line errors, fuzzed files, and report --format toml re-running
+a study."""
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
-from hpsearch.cli import main
+from hpsearch.errors import BadInput
 from hpsearch.results import read_results
 from hpsearch.spec import PARAMS, parse_values
 from hpsearch.studyfile import KEYS, read_study_file
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-TINY = """\
+from helpers import FUZZ, ROOT, run
+
+STUDIES = ROOT / "studies"
+TINY_FILE = """\
 command = "grid"
 lr = [0.1, 0.01]
 weight_decay = "0"
@@ -22,10 +25,6 @@ momentum = 0.9
 epochs = 1
 study = "tiny"
 """
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def one_line_error(result, *words: str) -> str:
@@ -60,6 +59,40 @@ def test_a_missing_study_file_is_a_one_line_error(workdir):
     one_line_error(run("random", "--config", "nowhere.toml"), "nowhere.toml", "no such file")
 
 
+TOML_VALUE = st.one_of(st.integers(-5, 5), st.floats(allow_nan=False), st.booleans(), st.text(max_size=8),
+                       st.lists(st.one_of(st.floats(0, 1), st.text(max_size=5)), max_size=3),
+                       st.fixed_dictionaries({"low": st.floats(0, 1), "high": st.floats(0, 1)}))
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        return repr(value).replace("inf", "inf")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+@FUZZ
+@given(entries=st.dictionaries(st.sampled_from([*PARAMS, "epochs", "task", "trials", "seed", "jobs", "command", "lr-x"]),
+                               TOML_VALUE, max_size=5),
+       garbage=st.text(max_size=20))
+def test_a_study_file_reads_or_is_bad_input(tmp_path_factory, entries, garbage):
+    path = tmp_path_factory.mktemp("toml") / "study.toml"
+    text = "\n".join(f"{key} = {_toml(value)}" for key, value in entries.items())
+    for body in (text, text + "\n" + garbage):
+        path.write_text(body)
+        try:
+            read_study_file(path, "grid", {*PARAMS, "epochs", "task", "seed", "jobs"})
+        except BadInput as error:
+            assert "\n" not in str(error)
+
+
 def test_values_may_be_text_lists_numbers_or_range_tables(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('lr = {low = 1e-4, high = 1e-1, count = 4}\nweight_decay = [0, "1e-6:1e-2"]\nmomentum = 0.9\n'
@@ -70,7 +103,7 @@ def test_values_may_be_text_lists_numbers_or_range_tables(tmp_path):
 
 
 def test_flags_given_override_the_file_and_the_rest_comes_from_it(workdir):
-    (workdir / "tiny.toml").write_text(TINY)
+    (workdir / "tiny.toml").write_text(TINY_FILE)
     result = run("grid", "--config", "tiny.toml", "--lr", "0.05", "--seed", "3")
     assert result.exit_code == 0, result.output
     settings = read_results(["tiny"], None).settings("tiny")

@@ -11,17 +11,13 @@ from hpsearch.spec import make_config
 from hpsearch.tasks import Task
 from hpsearch.train import EpochReport, _fused_mlp, _vmapped, member_losses, resolve_device, train_population
 
-TOL = 1e-5  # batched and unbatched matmuls may round differently (DESIGN.md)
+from helpers import TOL, close
 
 
 def configs(batch_size=64, **fixed):
     grid = [(lr, wd, m) for lr in (0.1, 0.01) for wd in (1e-4, 0.0) for m in (0.0, 0.9)]
     return [make_config({"lr": lr, "weight_decay": wd, "batch_size": batch_size, "momentum": m, **fixed}, 0)
             for lr, wd, m in grid]
-
-
-def close(a: dict, b: dict) -> float:
-    return max(float((a[k].detach() - b[k].detach()).abs().max()) for k in a)
 
 
 def test_a_member_equals_the_same_configuration_trained_alone(digits):

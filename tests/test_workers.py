@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 
 import optuna
@@ -23,7 +22,9 @@ from optuna.trial import TrialState
 
 from hpsearch.search import run_search
 from hpsearch.spec import StudySpec, build_spec
-from hpsearch.storage import open_storage, study_names
+from hpsearch.storage import open_storage
+
+from helpers import completed_points, run, study_trials, wait_for
 
 POSTGRES = os.environ.get("HPSEARCH_TEST_POSTGRES")
 
@@ -48,24 +49,6 @@ def _start(ctx, spec: StudySpec, count: int) -> list:
     for p in procs:
         p.start()
     return procs
-
-
-def _trials(spec: StudySpec) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials; none while the study does not exist yet (a kill can land before a worker creates it)."""
-    if "://" not in spec.storage and not os.path.exists(spec.storage):  # a journal not written yet
-        return []
-    store = open_storage(spec.storage, create=False)
-    if spec.study not in study_names(store.storage):
-        return []
-    return optuna.load_study(study_name=spec.study, storage=store.storage).get_trials(deepcopy=False)
-
-
-def _wait(condition, what: str, timeout: float = 300.0) -> None:
-    """Poll until ``condition()`` holds; fail after a timeout far beyond any machine's pace."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
-        time.sleep(0.05)
 
 
 def _grid_spec(storage: str, study: str) -> StudySpec:
@@ -106,17 +89,19 @@ def _kill_rounds(ctx, spec: StudySpec, workers: int, mid_study_kills: int, seed:
         for p in procs:
             p.kill()
             p.join()
-        done = {t.number: t.value for t in _trials(spec) if t.state == TrialState.COMPLETE}
+        done = {t.number: t.value for t in study_trials(spec.storage, spec.study, missing_ok=True)
+                if t.state == TrialState.COMPLETE}
         completed.update(done)
         if len(done) == total:
             break
         mid_study += 1
-    stuck_before_final = sum(t.state == TrialState.RUNNING for t in _trials(spec))
+    stuck_before_final = sum(t.state == TrialState.RUNNING
+                             for t in study_trials(spec.storage, spec.study, missing_ok=True))
     for p in _start(ctx, spec, workers):
         p.join()
         assert p.exitcode == 0
-    trials = _trials(spec)
-    done = Counter(tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE)
+    trials = study_trials(spec.storage, spec.study)
+    done = completed_points(trials)
     after = {t.number: t.value for t in trials}
     return {
         "points": len(done), "duplicates": sum(n - 1 for n in done.values()),
@@ -144,7 +129,7 @@ def test_kill_9_keeps_a_random_budget_across_restarts(tmp_path, forkserver):
     spec = replace(build_spec("random", trials=40, epochs=2, study="rk", storage=str(tmp_path / "rk.journal"),
                               device="cpu", batch_size="32:64"), max_population=4)
     figures = _kill_rounds(forkserver, spec, workers=4, mid_study_kills=8, seed=7)
-    trials = _trials(spec)
+    trials = study_trials(spec.storage, spec.study)
     print(f"kill -9 until 8 landed mid-study, 4 workers, random budget 40: {figures}")
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 40 and figures["stuck"] == 0
     assert figures["changed"] == [] and figures["duplicates"] == 0 and figures["kills_mid_study"] >= 1
@@ -160,7 +145,7 @@ def test_eight_processes_share_a_random_budget_without_gaps_or_duplicates(tmp_pa
         for p in _start(forkserver, spec, 8):
             p.join()
             assert p.exitcode == 0
-        trials = _trials(spec)
+        trials = study_trials(spec.storage, spec.study)
         assert sum(t.state == TrialState.COMPLETE for t in trials) == 400
         assert sorted(t.number for t in trials) == list(range(400))
         assert len({tuple(sorted(t.params.items())) for t in trials}) == 400  # seeds by trial: no repeats
@@ -181,7 +166,7 @@ def test_a_dead_workers_running_trial_is_failed_with_its_reason_and_queued_again
     # the settings a grid writes, so the run below continues this study
     study.set_user_attr("hpsearch", spec.settings() | {"metric": "val_accuracy"})
     run_search(spec)
-    trials = _trials(spec)
+    trials = study_trials(spec.storage, spec.study)
     first = trials[ghost.number]
     assert first.state == TrialState.FAIL and first.user_attrs["outcome"] == "died"
     assert first.user_attrs["reason"].startswith("worker nowhere:1 died")
@@ -198,8 +183,9 @@ def test_jobs_gives_the_same_losses_as_one_worker(tmp_path, one_thread):
             spec = build_spec(command, epochs=1, study=f"{command}{jobs}", storage=str(tmp_path / "j.journal"),
                               device="cpu", jobs=jobs, **extra)
             outcome = run_search(spec)
-            assert outcome.trained == len(_trials(spec))
-            losses[command, jobs] = {tuple(sorted(t.params.items())): t.user_attrs["val_loss"] for t in _trials(spec)}
+            trials = study_trials(spec.storage, spec.study)
+            assert outcome.trained == len(trials)
+            losses[command, jobs] = {tuple(sorted(t.params.items())): t.user_attrs["val_loss"] for t in trials}
     for command in ("grid", "random"):
         one, two = losses[command, 1], losses[command, 2]
         assert one.keys() == two.keys()
@@ -218,8 +204,8 @@ def test_four_workers_on_postgresql_run_each_of_120_grid_points_once(forkserver)
     for p in _start(forkserver, spec, 4):
         p.join()
         assert p.exitcode == 0
-    trials = _trials(spec)
-    done = Counter(tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE)
+    trials = study_trials(spec.storage, spec.study)
+    done = completed_points(trials)
     assert len(done) == 120 and set(done.values()) == {1}
     assert len({t.user_attrs["worker"] for t in trials}) > 1  # the work was shared
 
@@ -233,20 +219,18 @@ def _training(journal) -> set[int]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_reaches_every_jobs_worker_and_leaves_nothing_running(tmp_path):
+def test_ctrl_c_reaches_every_jobs_worker_and_leaves_nothing_running(tmp_path, spawned):
     journal = tmp_path / "c.journal"
-    command = [sys.executable, "-m", "hpsearch", "grid", "--lr", "0.1,0.01", "--weight-decay", "0,1e-4",
-               "--batch-size", "32", "--epochs", "400", "--jobs", "2", "--study", "c", "--storage", str(journal)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    _wait(lambda: proc.poll() is not None or len(_training(journal)) >= 4, "both workers training their two trials")
+    proc = spawned(tmp_path, ["grid", "--lr", "0.1,0.01", "--weight-decay", "0,1e-4", "--batch-size", "32",
+                              "--epochs", "400", "--jobs", "2", "--study", "c", "--storage", str(journal)])
+    wait_for(lambda: proc.poll() is not None or len(_training(journal)) >= 4, "both workers training their two trials")
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and b"Traceback" not in err
     assert err.decode().splitlines()[-1].startswith(
         "Error: interrupted by Ctrl-C: 4 running trial(s) recorded as interrupted and queued again (2 workers stopped)")
-    trials = _trials(build_spec("grid", study="c", storage=str(journal)))
+    trials = study_trials(str(journal), "c")
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     stopped = [t for t in trials if t.user_attrs.get("outcome") == "interrupted"]
     assert len(stopped) == 4 and len({t.user_attrs["worker"] for t in stopped}) == 2
@@ -256,10 +240,6 @@ def test_ctrl_c_reaches_every_jobs_worker_and_leaves_nothing_running(tmp_path):
 
 @pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL server: .ci/run starts one and sets HPSEARCH_TEST_POSTGRES")
 def test_a_postgresql_password_appears_in_no_output(workdir, one_thread):
-    from click.testing import CliRunner
-
-    from hpsearch.cli import main
-
     password = POSTGRES.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     study = f"pw-{os.getpid()}-{time.time_ns()}"
     runs = [["grid", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "32", "--epochs", "1", "--study", study,
@@ -268,7 +248,7 @@ def test_a_postgresql_password_appears_in_no_output(workdir, one_thread):
             ["report", "nosuch", "--storage", POSTGRES]]
     outputs = []
     for args in runs:
-        result = CliRunner().invoke(main, args)
+        result = run(*args)
         assert result.exit_code == (2 if "nosuch" in args else 0), result.output
         outputs.append(result.output)
     assert not [out for out in outputs if password in out]
@@ -316,27 +296,10 @@ def _holding(tmp_path, study: str, jobs: int, *extra: str) -> list[str]:
             "--study", study, "--storage", str(tmp_path / "h.journal"), *extra]
 
 
-@pytest.fixture()
-def spawned():
-    """hpsearch commands started by a test; whatever a failed test leaves running is killed (its session too)."""
-    procs: list[subprocess.Popen] = []
-
-    def popen(tmp_path, args: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "hpsearch", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        procs.append(proc)
-        return proc
-
-    yield popen
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
 def _running(tmp_path, study: str) -> list[optuna.trial.FrozenTrial]:
-    spec = build_spec("grid", study=study, storage=str(tmp_path / "h.journal"))
-    return [t for t in _trials(spec) if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+    """The trials of the holding grid that a worker is running; none before a worker creates the study."""
+    return [t for t in study_trials(str(tmp_path / "h.journal"), study, missing_ok=True)
+            if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
 
 
 def _worker_pids(tmp_path) -> set[int]:
@@ -356,14 +319,15 @@ def _gone(pid: int) -> bool:
 @pytest.mark.slow
 def test_kill_9_of_the_jobs_parent_stops_its_workers_and_their_trials_are_queued_again(tmp_path, spawned):
     proc = spawned(tmp_path, _holding(tmp_path, "orphans", 4))
-    _wait(lambda: proc.poll() is not None or len({t.user_attrs["worker"] for t in _running(tmp_path, "orphans")}) == 4,
-          "4 workers each holding their trials")
+    wait_for(lambda: proc.poll() is not None
+             or len({t.user_attrs["worker"] for t in _running(tmp_path, "orphans")}) == 4,
+             "4 workers each holding their trials")
     assert proc.poll() is None, proc.communicate()
     pids = {int(t.user_attrs["worker"].split(":")[1]) for t in _running(tmp_path, "orphans")}
     proc.kill()
     proc.wait()
-    _wait(lambda: all(_gone(pid) for pid in pids), "the workers to stop with their parent", timeout=120)
-    trials = _trials(build_spec("grid", study="orphans", storage=str(tmp_path / "h.journal")))
+    wait_for(lambda: all(_gone(pid) for pid in pids), "the workers to stop with their parent", timeout=120)
+    trials = study_trials(str(tmp_path / "h.journal"), "orphans")
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert sum(t.user_attrs.get("outcome") == "interrupted" for t in trials) == 8
     assert sum(t.state == TrialState.WAITING for t in trials) == 8  # queued again for the next run
@@ -379,19 +343,19 @@ def test_kill_9_of_the_jobs_parent_stops_its_workers_and_their_trials_are_queued
 @pytest.mark.slow
 def test_kill_9_of_one_worker_its_trials_are_finished_and_the_table_printed_with_a_warning(tmp_path, spawned):
     proc = spawned(tmp_path, _holding(tmp_path, "one", 2))
-    _wait(lambda: proc.poll() is not None or len({t.user_attrs["worker"] for t in _running(tmp_path, "one")}) == 2,
-          "2 workers each holding their trials")
+    wait_for(lambda: proc.poll() is not None or len({t.user_attrs["worker"] for t in _running(tmp_path, "one")}) == 2,
+             "2 workers each holding their trials")
     assert proc.poll() is None, proc.communicate()
     victim = int(_running(tmp_path, "one")[0].user_attrs["worker"].split(":")[1])
     os.kill(victim, signal.SIGKILL)
-    _wait(lambda: _gone(victim), "the worker to die", timeout=120)
+    wait_for(lambda: _gone(victim), "the worker to die", timeout=120)
     (tmp_path / "hold").unlink()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert b"Study one: best first" in out and b"Traceback" not in err
     assert "Warning: 1 of 2 workers died (SIGKILL); their 4 running trial(s) were queued again" in err.decode()
-    trials = _trials(build_spec("grid", study="one", storage=str(tmp_path / "h.journal")))
-    done = Counter(tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE)
+    trials = study_trials(str(tmp_path / "h.journal"), "one")
+    done = completed_points(trials)
     assert len(done) == 8 and set(done.values()) == {1}
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert sum(t.user_attrs.get("outcome") == "died" for t in trials) == 4
@@ -400,15 +364,11 @@ def test_kill_9_of_one_worker_its_trials_are_finished_and_the_table_printed_with
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_rerun_shows_the_trials_live_workers_are_running_instead_of_calling_the_grid_finished(tmp_path, spawned, jobs):
-    from click.testing import CliRunner
-
-    from hpsearch.cli import main
-
     proc = spawned(tmp_path, _holding(tmp_path, "busy", 1))
-    _wait(lambda: proc.poll() is not None or len(_running(tmp_path, "busy")) == 8, "the worker holding all 8 trials")
+    wait_for(lambda: proc.poll() is not None or len(_running(tmp_path, "busy")) == 8, "the worker holding all 8 trials")
     assert proc.poll() is None, proc.communicate()
     args = _holding(tmp_path, "busy", jobs)
-    rerun = CliRunner().invoke(main, args)
+    rerun = run(*args)
     assert rerun.exit_code == 0, rerun.output
     assert "Nothing to start: the 8 trials left of study 'busy' are still running in other processes" in rerun.stdout
     assert "Nothing to train" not in rerun.stdout and "running" in rerun.stdout  # the table shows them running
@@ -424,7 +384,7 @@ def test_the_jobs_bar_shows_the_best_value_stored_and_a_late_ctrl_c_claims_no_in
                       storage=str(tmp_path / "b.journal"), device="cpu", jobs=2)
     shown = []
     run_search(spec, shown.append)
-    values = [t.value for t in _trials(spec)]
+    values = [t.value for t in study_trials(spec.storage, spec.study)]
     assert shown[-1].done == shown[-1].total == 2 and shown[-1].best == max(values)
 
     def ctrl_c(progress) -> None:  # every trial has ended: the workers have nothing to do
@@ -434,7 +394,7 @@ def test_the_jobs_bar_shows_the_best_value_stored_and_a_late_ctrl_c_claims_no_in
         run_search(spec, ctrl_c)
     assert "recorded as interrupted" not in str(stopped.value)
     assert "after every trial had ended" in str(stopped.value)
-    assert len(_trials(spec)) == 2
+    assert len(study_trials(spec.storage, spec.study)) == 2
 
 
 @pytest.mark.parametrize("how", ["left by a process killed with kill -9", "whose process is long gone"])

@@ -6,9 +6,8 @@ import os
 from urllib.parse import quote
 
 import pytest
-from click.testing import CliRunner
 
-from hpsearch.cli import main
+from helpers import run
 
 SECRET = "s3cr3t-Pa55"
 REFUSED = f"postgresql://me:{SECRET}@127.0.0.1:1/db"  # nothing listens on port 1
@@ -107,7 +106,7 @@ def _files(folder) -> None:
 @pytest.mark.parametrize("args, code", [pytest.param(a, c, id=i) for i, a, c in CASES])
 def test_bad_input_gives_one_line_and_its_exit_status(workdir, args, code):
     _files(workdir)
-    result = CliRunner().invoke(main, args)
+    result = run(*args)
     assert result.exit_code == code, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
@@ -125,7 +124,7 @@ def test_a_wrong_postgresql_password_is_one_line_and_never_shown(workdir):
     user, after = rest.split(":", 1)
     wrong = f"{scheme}://{user}:{SECRET}@{after.split('@', 1)[1]}"
     for args in (["grid", "--storage", wrong, "--epochs", "1"], ["report", "--storage", wrong]):
-        result = CliRunner().invoke(main, args)
+        result = run(*args)
         assert result.exit_code == 1
         assert result.stderr.count("\n") == 1 and "password authentication failed" in result.stderr
         assert SECRET not in result.output and "***" in result.stderr

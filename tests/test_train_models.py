@@ -6,15 +6,13 @@ import logging
 import optuna
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
-from hpsearch.cli import main
 from hpsearch.spec import make_config
 from hpsearch.tasks import Task
 from hpsearch.train import train_population
 
-TOL = 1e-5  # batched and unbatched matmuls may round differently (DESIGN.md)
+from helpers import TOL, close, plain_study, run, tiny
 
 
 def configs(batch_size: int = 32) -> list:
@@ -44,10 +42,6 @@ def task(make_model, regression: bool = False) -> Task:
         split = tuple((a, b.unsqueeze(1)) for a, b in split)
         return Task("r", make_model, split[0], split[1], split[1], 1, "regression")
     return Task("t", make_model, split[0], split[1], split[1], 3)
-
-
-def close(a: dict, b: dict) -> float:
-    return max(float((a[k].detach() - b[k].detach()).abs().max()) for k in a)
 
 
 def test_batchnorm_members_equal_their_solo_runs():
@@ -145,16 +139,15 @@ def make():
     return Task("bn-dropout", model, (x[:80], y[:80]), (x[80:100], y[80:100]), (x[100:], y[100:]), 2)
 '''
 
-GRID = ["--lr", "0.1,0.01", "--weight-decay", "0", "--batch-size", "16,32", "--epochs", "2"]
+GRID = tiny(weight_decay="0", batch_size="16,32", epochs=2)  # 4 trials
 
 
 def test_a_regression_task_runs_through_grid_minimising_validation_loss(workdir):
     (workdir / "reg.py").write_text(REGRESSION_TASK)
-    result = CliRunner().invoke(main, ["grid", "--task", f"{workdir / 'reg.py'}:make", *GRID])
+    result = run("grid", "--task", f"{workdir / 'reg.py'}:make", *GRID)
     assert result.exit_code == 0, result.output
     assert "Best: val loss" in result.stdout and "Trained 4 trials" in result.stdout
-    study = optuna.load_study(study_name="make-grid", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(workdir / "studies" / "hpsearch.journal"))))
+    study = plain_study("make-grid", workdir / "studies" / "hpsearch.journal")
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert study.user_attrs["hpsearch"]["metric"] == "val_loss"
     for trial in study.trials:
@@ -170,6 +163,6 @@ def test_a_regression_task_runs_through_grid_minimising_validation_loss(workdir)
 
 def test_a_batchnorm_and_dropout_task_runs_through_grid(workdir):
     (workdir / "bn.py").write_text(BN_DROPOUT_TASK)
-    result = CliRunner().invoke(main, ["grid", "--task", f"{workdir / 'bn.py'}:make", "--study", "bn", *GRID])
+    result = run("grid", "--task", f"{workdir / 'bn.py'}:make", "--study", "bn", *GRID)
     assert result.exit_code == 0, result.output
     assert "Best: val acc" in result.stdout and "Trained 4 trials" in result.stdout and "failed" not in result.stdout

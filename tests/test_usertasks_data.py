@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
-from hpsearch.cli import main
 from hpsearch.tasks import load_task
 
-TINY = ["--lr", "0.1,0.01", "--weight-decay", "0", "--batch-size", "32", "--epochs", "1"]
+from helpers import run, tiny
+
+TINY = tiny(weight_decay="0", batch_size="32")  # 2 trials
 
 
 def blobs(n: int = 150, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,17 +23,13 @@ def blobs(n: int = 150, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def grid(*args: str):
-    return CliRunner().invoke(main, ["grid", *args, *TINY])
-
-
 def test_an_npz_runs_through_grid_and_report(workdir):
     x, y = blobs()
     np.savez(workdir / "blobs.npz", x_train=x, y_train=y)
-    result = grid("--data", "blobs.npz")
+    result = run("grid", "--data", "blobs.npz", *TINY)
     assert result.exit_code == 0, result.output
     assert "Trained 2 trials" in result.stdout and "blobs-grid" in result.stdout and "Best: val acc" in result.stdout
-    report = CliRunner().invoke(main, ["report", "blobs-grid"])
+    report = run("report", "blobs-grid")
     assert report.exit_code == 0 and "completed" in report.stdout
 
 
@@ -42,7 +38,7 @@ def test_a_csv_with_text_labels_runs_through_grid(workdir):
     frame = pd.DataFrame(x, columns=["a", "b", "c", "d"])
     frame.insert(2, "species", np.array(["ash", "birch", "cedar"])[y])
     frame.to_csv(workdir / "trees.csv", index=False)
-    result = grid("--data", "trees.csv", "--target", "species")
+    result = run("grid", "--data", "trees.csv", "--target", "species", *TINY)
     assert result.exit_code == 0, result.output
     task = load_task(str(workdir / "trees.csv"), "species")
     assert task.kind == "classification" and task.num_classes == 3 and task.train[0].shape[1] == 4
@@ -83,7 +79,7 @@ def test_float_targets_are_regression_unless_told(tmp_path):
 def test_a_regression_npz_runs_through_grid(workdir):
     x, _ = blobs()
     np.savez(workdir / "r.npz", x_train=x, y_train=(x[:, 0] - 50) / 10)
-    result = grid("--data", "r.npz")
+    result = run("grid", "--data", "r.npz", *TINY)
     assert result.exit_code == 0, result.output
     assert "Best: val loss" in result.stdout
 
@@ -183,7 +179,7 @@ def write_bad(folder, case: str) -> list[str]:
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_a_bad_data_file_is_one_line_and_exit_2(workdir, case, command):
     args = write_bad(workdir, case)
-    result = CliRunner().invoke(main, [command, *args, *(TINY if command == "grid" else [])])
+    result = run(command, *args, *(TINY if command == "grid" else []))
     assert result.exit_code == 2, result.output
     error = result.stderr.strip().splitlines()[-1]  # after a note that splits were carved, if any
     assert error.startswith("Error: ") and BAD_FILES[case][2] in error, result.stderr
@@ -203,7 +199,7 @@ def test_boolean_labels_are_classes_0_and_1(workdir, name, labels):
     task = load_task(args[1], *args[3:])
     assert task.kind == "classification" and task.num_classes == 2
     assert set(torch.cat([task.train[1], task.val[1], task.test[1]]).tolist()) == {0, 1}
-    result = grid(*args)
+    result = run("grid", *args, *TINY)
     assert result.exit_code == 0 and "Best: val acc" in result.stdout, result.output
 
 
@@ -229,5 +225,5 @@ def test_a_validation_split_without_some_class_is_noted(tmp_path, caplog, missin
 ])
 def test_data_options_are_checked(workdir, args, message):
     (workdir / "d.csv").write_text("a,label\n1,0\n2,1\n")
-    result = grid(*args)
+    result = run("grid", *args, *TINY)
     assert result.exit_code == 2 and message in result.stderr, result.output

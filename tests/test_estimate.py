@@ -4,17 +4,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from click.testing import CliRunner
 from rich.progress import Progress
 
-from hpsearch.cli import main
 from hpsearch.estimate import Population, estimate_plan, plan_search
 from hpsearch.report import _Eta
 from hpsearch.spec import build_spec
 
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
+from helpers import run
 
 
 def test_a_dry_run_of_the_default_grid_prints_its_24_configurations_and_writes_nothing(workdir):

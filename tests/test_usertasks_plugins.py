@@ -5,11 +5,11 @@ import logging
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from hpsearch.cli import main
 from hpsearch.errors import BadInput
 from hpsearch.tasks import load_task
+
+from helpers import ROOT, run, tiny
 
 HEADER = '''
 import torch
@@ -28,7 +28,7 @@ def make():
 def train_only():
     return Task("toy", model, (x, y), None, None, 2)
 '''
-TINY = ["--lr", "0.1", "--weight-decay", "0", "--batch-size", "16,32", "--epochs", "1"]
+TINY = tiny(lr="0.1", weight_decay="0", batch_size="16,32")  # 2 trials
 
 
 def write(folder, text: str, name: str = "task.py") -> str:
@@ -37,12 +37,8 @@ def write(folder, text: str, name: str = "task.py") -> str:
     return str(path)
 
 
-def grid(*args: str):
-    return CliRunner().invoke(main, ["grid", *args, *TINY])
-
-
 def test_a_task_file_runs_through_grid_with_its_function_name_as_study(workdir):
-    result = grid("--task", write(workdir, GOOD) + ":make")
+    result = run("grid", "--task", write(workdir, GOOD) + ":make", *TINY)
     assert result.exit_code == 0, result.output
     assert "Trained 2 trials" in result.stdout and "make-grid" in result.stdout
 
@@ -51,7 +47,7 @@ def test_a_module_task_is_found_from_the_current_folder(workdir):
     (workdir / "mytasks").mkdir()
     (workdir / "mytasks" / "__init__.py").write_text("")
     write(workdir / "mytasks", GOOD, "toy_plugin_module.py")
-    result = grid("--task", "mytasks.toy_plugin_module:make", "--study", "m")
+    result = run("grid", "--task", "mytasks.toy_plugin_module:make", "--study", "m", *TINY)
     assert result.exit_code == 0, result.output
     assert "Trained 2 trials" in result.stdout
 
@@ -118,7 +114,7 @@ def test_a_bad_plugin_is_one_line_and_exit_2(workdir, case):
     ref = (str(workdir / "nowhere.py") if text is None else write(workdir, text, f"{case.replace(' ', '_')}.py")) + ":make"
     if case == "a class":  # a file named make.py would be the task
         ref = write(workdir, text, "make_class.py") + ":make"
-    result = grid("--task", ref)
+    result = run("grid", "--task", ref, *TINY)
     assert result.exit_code == 2, result.output
     assert message.format(folder=workdir) in result.stderr, result.stderr
     assert result.stderr.startswith("Error: ") and result.stderr.strip().count("\n") == 0
@@ -135,20 +131,20 @@ def test_a_bad_plugin_is_one_line_and_exit_2(workdir, case):
 ])
 def test_a_module_attribute_that_is_no_task_function_is_one_line(workdir, ref, message):
     """Refused before it is called, if it is no Python function (builtins:exit would exit 0)."""
-    result = grid("--task", ref)
+    result = run("grid", "--task", ref, *TINY)
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert result.stderr.startswith("Error: ") and result.stderr.strip().count("\n") == 0
 
 
 def test_a_module_that_exits_on_import_is_one_line(workdir):
     (workdir / "exiting_task_module.py").write_text("raise SystemExit(7)\n")
-    result = CliRunner().invoke(main, ["check", "--task", "exiting_task_module:make"])
+    result = run("check", "--task", "exiting_task_module:make")
     assert result.exit_code == 2, result.output
     assert "module exiting_task_module called sys.exit(7) while being imported" in result.stderr
 
 
 def test_a_missing_module_and_a_bad_reference_are_bad_input(workdir):
-    result = grid("--task", "no_such_package.tasks:make")
+    result = run("grid", "--task", "no_such_package.tasks:make", *TINY)
     assert result.exit_code == 2 and "no module named 'no_such_package.tasks'" in result.stderr
     with pytest.raises(BadInput, match="unknown task 'task.py'"):
         load_task("task.py")
@@ -158,12 +154,10 @@ def test_the_readme_commands_for_your_own_model_run(workdir):
     """The README's "Tune your own model" section in an empty folder, as written but smaller (1 epoch, fewer points)."""
     import shlex
     import shutil
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    section = (root / "README.md").read_text().split("## Tune your own model")[1].split("\n## ")[0]
+    section = (ROOT / "README.md").read_text().split("## Tune your own model")[1].split("\n## ")[0]
     (workdir / "examples").mkdir()
-    shutil.copy(root / "examples" / "my_task.py", workdir / "examples")
+    shutil.copy(ROOT / "examples" / "my_task.py", workdir / "examples")
     blocks = section.split("```")[1::2]
     exec(next(b for b in blocks if b.startswith("python") and "np.savez" in b).removeprefix("python"), {})
     commands = [line.split("#")[0] for b in blocks if b.startswith("sh") for line in b.splitlines()[1:]]
@@ -172,7 +166,7 @@ def test_the_readme_commands_for_your_own_model_run(workdir):
         args = shlex.split(command)[1:]
         if args[0] != "report":  # a later flag overrides an earlier one
             args += ["--epochs", "1", "--lr", "0.1", "--weight-decay", "0"] + (["--trials", "2"] if args[0] == "tpe" else [])
-        result = CliRunner().invoke(main, args)
+        result = run(*args)
         assert result.exit_code == 0, f"{command}: {result.output}"
         assert "Best: val" in result.stdout
 
@@ -192,5 +186,5 @@ def test_boolean_labels_of_a_task_are_classes_0_and_1(tmp_path):
 
 def test_ctrl_c_while_a_task_file_is_imported_stays_an_interruption(workdir):
     """Only exits and errors of the user's code become bad input: Ctrl-C is the user's, exit 130."""
-    result = grid("--task", write(workdir, "raise KeyboardInterrupt\n") + ":make")
+    result = run("grid", "--task", write(workdir, "raise KeyboardInterrupt\n") + ":make", *TINY)
     assert result.exit_code == 130 and "interrupted" in result.stderr, result.output

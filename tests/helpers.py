@@ -1,0 +1,99 @@
+"""What several test files share: the CLI in this process, the tiny grid, studies read back, bounded waits.
+
+Plain functions and constants, imported as ``from helpers import run, tiny``: pytest puts tests/ on
+sys.path (the folder has no __init__.py). Fixtures are in conftest.py.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, settings
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.cli import main
+from hpsearch.storage import DEFAULT_JOURNAL, open_storage, study_names
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: README.md, studies/, examples/
+TOL = 1e-5  # batched and unbatched matmuls may round differently (DESIGN.md)
+
+# The property tests of the parsers (spec values, study files): 300 examples each, no per-example deadline.
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# The tiny digits grid: 2 learning rates x 2 weight decays x 2 batch sizes, 1 epoch = 8 trials.
+TINY = {"lr": "1e-1,1e-2", "weight_decay": "0,1e-4", "batch_size": "64,128", "momentum": "0.9", "epochs": 1}
+
+
+def tiny(**changes: object) -> list[str]:
+    """The tiny grid as command-line flags, with ``changes`` (build_spec's keywords) over it.
+
+    tiny(batch_size="32", device="cpu") == ["--lr", "1e-1,1e-2", ..., "--batch-size", "32", ..., "--device", "cpu"]
+    """
+    return [item for name, value in {**TINY, **changes}.items() for item in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    """An hpsearch command run in this process by click's CliRunner: run("report", "g", "--format", "csv")."""
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def one_thread_env(**extra: str) -> dict[str, str]:
+    """The environment of an hpsearch subprocess: one torch thread, as on cores shared with other jobs
+    spinning threads make training ten times slower."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def plain_storage(path: str | Path, lock: object = None) -> JournalStorage:
+    """A journal file as plain Optuna opens it: the yardstick of what any Optuna user reads from it."""
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))  # type: ignore[arg-type]
+
+
+def plain_study(name: str, path: str | Path = DEFAULT_JOURNAL) -> optuna.Study:
+    """Study ``name`` loaded by plain Optuna from the journal at ``path`` (by default the one hpsearch
+    writes when given no --storage, relative to the current folder)."""
+    return optuna.load_study(study_name=name, storage=plain_storage(path))
+
+
+def study_trials(storage: str, study: str, missing_ok: bool = False) -> list[FrozenTrial]:
+    """The trials of ``study`` as hpsearch reads them (any storage: a journal path or a database URL).
+
+    ``missing_ok``: none, rather than an error, while the journal or the study does not exist yet (a
+    worker killed early may not have created it).
+    """
+    if missing_ok and "://" not in storage and not os.path.exists(storage):
+        return []
+    store = open_storage(storage, create=False)
+    if missing_ok and study not in study_names(store.storage):
+        return []
+    return optuna.load_study(study_name=study, storage=store.storage).get_trials(deepcopy=False)
+
+
+def completed_points(done: Iterable[FrozenTrial]) -> Counter:
+    """How many times each configuration (its sorted params) completed."""
+    return Counter(tuple(sorted(t.params.items())) for t in done if t.state == TrialState.COMPLETE)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 300.0) -> None:
+    """Poll until ``condition()`` holds; fail after a timeout far beyond any machine's pace."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.05)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (its path relative to it) and its bytes; a folder as b"<folder>"."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<folder>")
+            for p in sorted(folder.rglob("*"))}
+
+
+def close(a: dict, b: dict) -> float:
+    """The largest difference between two state dicts' tensors, key by key (compare it with TOL)."""
+    return max(float((a[k].detach() - b[k].detach()).abs().max()) for k in a)
