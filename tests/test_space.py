@@ -7,10 +7,9 @@ import io
 
 import optuna
 import pytest
-from click.testing import CliRunner
 
+from helpers import run
 from hpsearch import space
-from hpsearch.cli import main
 from hpsearch.plots import importance, importance_chart
 from hpsearch.space import LOG, Param, make_config
 
@@ -28,10 +27,6 @@ def toy():
     space.register(TOY)
     yield TOY
     space.unregister("toy")
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def test_the_four_parameters_keep_their_order_and_seeds():
