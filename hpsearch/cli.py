@@ -14,8 +14,8 @@ from typing import Any, Callable
 import click
 
 from hpsearch.errors import HpsearchError, Interrupted
-from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, GRID_DEFAULTS, INT_BOUNDS, KINDS,
-                           MAX_POINTS, PRUNERS, SAMPLED_DEFAULTS)
+from hpsearch.space import params as space_params
+from hpsearch.spec import DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, INT_BOUNDS, KINDS, MAX_POINTS, PRUNERS
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
 REPORT_FORMATS = ("table", "csv", "markdown", "json", "html", "toml")  # each but table is a key of report.FORMATS
@@ -93,7 +93,7 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     from hpsearch.studyfile import read_study_file
 
     # file keys are the flags' names with underscores: --weight-decay is weight_decay, --from is from
-    names = {p.opts[0].lstrip("-").replace("-", "_"): p.name for p in ctx.command.params
+    names = {p.opts[0].lstrip("-").replace("-", "_"): p.name for p in ctx.command.get_params(ctx)
              if isinstance(p, click.Option) and p.name not in ("config", "dry_run", "show")}
     values = read_study_file(value, ctx.command.name, set(names))
     ctx.default_map = {**(ctx.default_map or {}), **{names[key]: v for key, v in values.items()}}
@@ -117,23 +117,31 @@ DRY_RUN_OPTION = click.option(
     "times; train nothing, write nothing.")
 
 
-def _search_options(defaults: dict[str, str], sampled: bool) -> Callable[[Callable], Callable]:
-    scale = {
-        "lr": "log scale",
-        "weight_decay": "log scale; 0 may stand beside a range",
-        "batch_size": "powers of two",
-        "momentum": "ranges on 1 - momentum" if not sampled else "counted ranges on 1 - momentum",
-    }
+def _space_options(sampled: bool) -> list[click.Option]:
+    """SPACE: a VALUES option per registered parameter, with its scale and this command's default."""
+    return [click.Option([p.flag], metavar="VALUES", help=f"{p.help} ({p.scale_help[sampled]}). "
+                         f"[default: {p.sampled_default if sampled else p.grid_default}]") for p in space_params()]
+
+
+class _SearchCommand(click.Command):
+    """A search command: its SPACE options are read from the parameter registry when it runs, after
+    --config and --dry-run (a parameter registered after this module was imported has its flag too)."""
+
+    sampled = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        base = super().get_params(ctx)
+        return base[:2] + _space_options(self.sampled) + base[2:]
+
+
+class _SampledCommand(_SearchCommand):
+    sampled = True
+
+
+def _search_options(sampled: bool) -> Callable[[Callable], Callable]:
     options = [
         CONFIG_OPTION,
         DRY_RUN_OPTION,
-        click.option("--lr", metavar="VALUES", help=f"Learning rates ({scale['lr']}). [default: {defaults['lr']}]"),
-        click.option("--weight-decay", metavar="VALUES",
-                     help=f"Weight decays ({scale['weight_decay']}). [default: {defaults['weight_decay']}]"),
-        click.option("--batch-size", metavar="VALUES",
-                     help=f"Batch sizes ({scale['batch_size']}). [default: {defaults['batch_size']}]"),
-        click.option("--momentum", metavar="VALUES",
-                     help=f"SGD momentum ({scale['momentum']}). [default: {defaults['momentum']}]"),
         *TASK_OPTIONS,
         click.option("--epochs", type=int, default=DEFAULT_EPOCHS, show_default=True, help="Epochs per trial."),
         click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
@@ -240,8 +248,8 @@ def _dry_run(spec: Any, listed: bool = False) -> None:  # noqa: ANN401 - a spec.
         console.print(line)
 
 
-@main.command()
-@_search_options(GRID_DEFAULTS, sampled=False)
+@main.command(cls=_SearchCommand)
+@_search_options(sampled=False)
 def grid(**flags: Any) -> None:
     """Run a grid: every combination of the values, each point trained once.
 
@@ -267,8 +275,8 @@ def grid(**flags: Any) -> None:
     _run("grid", **flags)
 
 
-@main.command()
-@_search_options(SAMPLED_DEFAULTS, sampled=True)
+@main.command(cls=_SampledCommand)
+@_search_options(sampled=True)
 def random(**flags: Any) -> None:
     """Random search: sample configurations from ranges (or lists) of values.
 
@@ -285,8 +293,8 @@ def random(**flags: Any) -> None:
     _run("random", **flags)
 
 
-@main.command()
-@_search_options(SAMPLED_DEFAULTS, sampled=True)
+@main.command(cls=_SampledCommand)
+@_search_options(sampled=True)
 def tpe(**flags: Any) -> None:
     """TPE search (Optuna's Bayesian sampler) over ranges (or lists) of values.
 

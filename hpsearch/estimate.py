@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpsearch.errors import BadInput
+from hpsearch.space import names as param_names
 from hpsearch.spec import StudySpec, make_config
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def plan_search(spec: StudySpec) -> Plan:
     return Plan(spec, [], remaining, len(finished), populations)
 
 
-def _finished_points(spec: StudySpec) -> list[tuple[float, float, int, float]]:
+def _finished_points(spec: StudySpec) -> list[tuple[float, ...]]:
     """The configurations of the study's finished trials; none when the storage or the study does not exist yet."""
     from hpsearch.storage import storage_location
 
@@ -101,7 +102,7 @@ def _finished_points(spec: StudySpec) -> list[tuple[float, float, int, float]]:
     except BadInput:  # no journal, or no such study: nothing done yet
         return []
     done = frame[~frame["outcome"].isin(["running", "interrupted"])]
-    return [make_config(row, 0).key() for row in done[["lr", "weight_decay", "batch_size", "momentum"]].to_dict("records")]
+    return [make_config(row, 0).key() for row in done[list(param_names())].to_dict("records")]
 
 
 def probe_task(task: "Task", batch_size: int, steps: int = PROBE_STEPS) -> tuple["Task", float]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.records import WEIGHT_DECAY_ZERO
-from hpsearch.results import PARAMS, Results
+from hpsearch.results import Results
+from hpsearch.space import names as param_names, param
+from hpsearch.space import params as space_params
 
 if TYPE_CHECKING:
     import optuna
@@ -16,7 +17,10 @@ if TYPE_CHECKING:
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LOSS_CURVES, METRIC_VS_LR, IMPORTANCE = "loss_curves.png", "metric_vs_lr.png", "importance.png"  # the files written
 TOP_CURVES = 5  # loss curves of the best configurations: more lines than this are unreadable
-LABELS = {"lr": "Learning rate", "weight_decay": "Weight decay", "batch_size": "Batch size", "momentum": "Momentum"}
+
+
+def _label_of(name: str) -> str:
+    return param(name).label if name in param_names() else name
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,12 @@ def importance(study: optuna.Study) -> Importance:
     except (ValueError, RuntimeError) as error:  # conditional parameters missing from some trials
         return Importance(name, {}, f"Study {name}: importances could not be computed ({error}).")
     merged: dict[str, float] = {}
+    zero_of = {p.zero_flag: p.name for p in space_params() if p.zero_flag is not None}
     for stored, value in shares.items():  # weight decay drawn as zero (0 or a log range) is weight decay too
-        key = "weight_decay" if stored == WEIGHT_DECAY_ZERO else stored
+        key = zero_of.get(stored, stored)
         merged[key] = merged.get(key, 0.0) + float(value)
     top, share = max(merged.items(), key=lambda item: item[1])
-    return Importance(name, merged, f"Study {name}: {LABELS.get(top, top).lower()} mattered most "
+    return Importance(name, merged, f"Study {name}: {_label_of(top).lower()} mattered most "
                                     f"({share:.0%} of the variance of the objective explained, fANOVA over "
                                     f"{len(trials)} completed trials).")
 
@@ -79,8 +84,7 @@ def _pyplot() -> Any:
 
 def _label(record: dict[str, Any], several: bool) -> str:
     where = f"{record['study']} #{record['trial']}" if several else f"#{record['trial']}"
-    return (f"{where}: lr {record['lr']:.3g}, wd {record['weight_decay']:.3g}, bs {record['batch_size']}, "
-            f"m {record['momentum']:.3g}")
+    return f"{where}: " + ", ".join(f"{p.short} {p.cell(record[p.name])}" for p in space_params())
 
 
 def loss_curves(results: Results, top: int = TOP_CURVES) -> Any:
@@ -129,7 +133,7 @@ def importance_chart(importances: list[Importance]) -> Any:
     """Horizontal bars of each study's importances (studies with none are left out)."""
     plt = _pyplot()
     shown = [imp for imp in importances if imp.shares]
-    params = [p for p in PARAMS if any(p in imp.shares for imp in shown)]  # those that varied somewhere
+    params = [p for p in param_names() if any(p in imp.shares for imp in shown)]  # those that varied somewhere
     figure, axes = plt.subplots(figsize=(9, 1.2 + 0.5 * len(params) * max(1, len(shown))))
     height = 0.8 / max(1, len(shown))
     for i, imp in enumerate(shown):
@@ -138,7 +142,7 @@ def importance_chart(importances: list[Importance]) -> Any:
                          label=f"study {imp.study}")
         axes.bar_label(bars, [f"{v:.0%}" if p in imp.shares else "not varied" for p, v in zip(params, values)],
                        padding=3)
-    axes.set_yticks([k + height * (len(shown) - 1) / 2 for k in range(len(params))], [LABELS[p] for p in params])
+    axes.set_yticks([k + height * (len(shown) - 1) / 2 for k in range(len(params))], [param(p).label for p in params])
     axes.invert_yaxis()
     axes.set_xlim(0, 1.1)  # room for the "100%" label
     axes.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])

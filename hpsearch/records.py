@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import BadInput
+from hpsearch.space import params as space_params
 from hpsearch.spec import Config, make_config
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ REQUEUED_ATTR = "requeued"
 ATTEMPT_ATTR = "attempt"
 SETTINGS_ATTR = "hpsearch"  # study attribute: the settings a study was created with
 TEST_ATTR = "test_result"  # study attribute: the locked test's record (hpsearch test)
-WEIGHT_DECAY_ZERO = "weight_decay_zero"  # parameter of a random / TPE study: weight decay drawn as exactly 0
 
 
 class Outcome(str, enum.Enum):
@@ -84,10 +84,11 @@ def finished(trial: FrozenTrial) -> bool:
 
 
 def decode_params(params: dict[str, object]) -> dict[str, object]:
-    """The four values from a trial's stored parameters (weight decay may be stored as zero)."""
+    """The values from a trial's stored parameters (weight decay may be stored as zero: ``Param.zero_flag``)."""
     values = dict(params)
-    if values.pop(WEIGHT_DECAY_ZERO, False):
-        values["weight_decay"] = 0.0
+    for p in space_params():
+        if p.zero_flag is not None and values.pop(p.zero_flag, False):
+            values[p.name] = 0.0
     return values
 
 

@@ -36,10 +36,10 @@ import optuna
 import pandas as pd
 
 from hpsearch.errors import BadInput
-from hpsearch.results import PARAMS, Results, edge_flags, read_results, searched_ranges
+from hpsearch.results import Results, edge_flags, read_results, searched_ranges
 from hpsearch.records import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
+from hpsearch.space import grid_order, names as param_names, param
 from hpsearch.spec import (
-    SCALES,
     Dimension,
     Range,
     SearchSpace,
@@ -51,7 +51,6 @@ from hpsearch.spec import (
     in_bounds,
     make_config,
     point_problem,
-    tidy,
 )
 from hpsearch.storage import open_storage, study_names
 
@@ -98,7 +97,7 @@ class Refinement:
         lines = [(f"Study {spec.study}: refined from {studies} (top {len(self.top)}: {trials}); {spec.epochs} epochs "
                   f"(sources: {self.source_epochs}), seed {spec.seed}, sampler {spec.command}")]
         lines += self.skipped
-        for name in PARAMS:
+        for name in param_names():
             fixed = all(len(hood.values) == 1 for hood in self.neighbourhoods[name])
             lines.append(f"{name} ({'searched at one value' if fixed else _scale_note(name, self.step[name])}):")
             for hood in self.neighbourhoods[name]:
@@ -108,24 +107,17 @@ class Refinement:
                          + "; ".join(f"{d.name} {d.text()}" for d in spec.space.dimensions()))
             return lines
         lines.append(f"{len(spec.points)} configurations (the union of the neighbourhoods):")
-        lines += ["  " + "  ".join(f"{name}={fmt(p[name])}" for name in PARAMS) for p in spec.points]
+        lines += ["  " + "  ".join(f"{name}={fmt(p[name])}" for name in param_names()) for p in spec.points]
         return lines
 
 
 def _scale_note(name: str, step: float) -> str:
-    if name == "batch_size":
-        return "powers of two"
-    axis = "on 1 - momentum, " if name == "momentum" else ""
-    return f"{axis}log scale, refined step x{step:.3g}"
+    return param(name).scale.note(name, step)
 
 
 def round_value(name: str, value: float) -> float:
     """3 significant digits on the parameter's scale (momentum: of 1 - m): readable, and equal where neighbourhoods meet."""
-    if name == "batch_size":
-        return float(int(value))
-    if name == "momentum":
-        return tidy(1.0 - float(f"{1.0 - value:.3g}"))
-    return float(f"{value:.3g}")
+    return param(name).scale.round(value)
 
 
 def half_step(name: str, searched: Sequence[float]) -> float:
@@ -134,9 +126,10 @@ def half_step(name: str, searched: Sequence[float]) -> float:
     ``searched``: the values the grid sources tried (weight decay's 0 has no place on a log scale and is
     left out). Fewer than two values: half a decade. Batch size: one power of two.
     """
-    if name == "batch_size":
-        return 1.0
-    points = sorted({SCALES[name].forward(v) for v in searched if name == "momentum" or v > 0})
+    scale = param(name).scale
+    if scale.discrete:
+        return scale.refine_step(0.0)
+    points = sorted({scale.forward(v) for v in searched if scale.on_axis(v)})
     gaps = [b - a for a, b in itertools.pairwise(points) if b - a > 1e-9]
     return (min(gaps) if gaps else DEFAULT_COARSE_STEP) / 2
 
@@ -149,26 +142,24 @@ def neighbourhood(name: str, best: float, step: float, edge: str | None = None,
     ``best`` is on that edge of the range searched so far; ``lowest_nonzero``: the smallest nonzero weight
     decay searched (the neighbour of weight decay 0).
     """
-    if name == "weight_decay" and best == 0:
+    if param(name).zero_flag is not None and best == 0:
         below = [] if lowest_nonzero is None else [lowest_nonzero / math.exp(step)]
         return tuple(sorted({0.0, *(round_value(name, v) for v in below)}))
-    scale = SCALES[name]
+    scale = param(name).scale
     offsets = [-step, 0.0, step]
     if edge is not None:
         upward = 1.0 if edge == "high" else -1.0
-        offsets.append(2 * step * (-upward if name == "momentum" else upward))  # high momentum = low 1 - m
+        offsets.append(2 * step * upward * scale.upward)  # high momentum = low 1 - m
     u = scale.forward(best)
-    values = {round_value(name, scale.inverse(u + offset)) for offset in offsets}
-    if name == "momentum":
-        values = {max(v, 0.0) for v in values}
-    return tuple(sorted(v for v in values if name != "batch_size" or v >= 1))
+    values = {scale.clip(round_value(name, scale.inverse(u + offset))) for offset in offsets}
+    return tuple(sorted(v for v in values if scale.allowed(v)))
 
 
 def _why(name: str, best: float, values: tuple[float, ...], edge: str | None, lowest_nonzero: float | None) -> str:
     shown = ", ".join(fmt(v) for v in values)
     if len(values) == 1:
         return f"searched at {fmt(best)} only -> kept: {shown}"
-    if name == "weight_decay" and best == 0:
+    if param(name).zero_flag is not None and best == 0:
         if lowest_nonzero is None:
             return f"best 0, no nonzero value searched -> kept: {shown}"
         return f"best 0 -> kept, beside one refined step below the smallest nonzero value searched ({fmt(lowest_nonzero)}): {shown}"
@@ -221,7 +212,7 @@ def _trainable(frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The trials whose values may be trained today, and a line per trial left out (a study written by an
     older hpsearch may hold a value that parsing refuses now: refining around it could only fail)."""
     problems = [point_problem(row) if all(pd.notna(v) for v in row.values()) else None  # a trial not yet sampled
-                for row in frame[list(PARAMS)].to_dict("records")]
+                for row in frame[list(param_names())].to_dict("records")]
     keep = [problem is None for problem in problems]
     skipped = tuple(f"skipped {study}#{trial}: {problem}" for (study, trial), problem
                     in zip(zip(frame["study"], frame["trial"]), problems) if problem is not None)
@@ -229,8 +220,7 @@ def _trainable(frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
 
 
 def _params(row: Mapping[str, object]) -> dict[str, float]:
-    return {"lr": float(row["lr"]), "weight_decay": float(row["weight_decay"]),  # type: ignore[arg-type]
-            "batch_size": int(row["batch_size"]), "momentum": float(row["momentum"])}  # type: ignore[arg-type]
+    return {name: param(name).cast(row[name]) for name in param_names()}
 
 
 def _around(name: str, best: pd.DataFrame, frame: pd.DataFrame, grids: pd.DataFrame) -> tuple[float, tuple[Neighbourhood, ...]]:
@@ -243,14 +233,14 @@ def _around(name: str, best: pd.DataFrame, frame: pd.DataFrame, grids: pd.DataFr
     searched = pd.to_numeric(frame[name], errors="coerce").dropna()
     low, high = searched_ranges(frame)[name]
     nonzero = searched[searched > 0]
-    lowest_nonzero = float(nonzero.min()) if name == "weight_decay" and len(nonzero) else None
+    lowest_nonzero = float(nonzero.min()) if param(name).zero_flag is not None and len(nonzero) else None
     hoods = []
     for value, rows in best.groupby(best[name].astype(float), sort=True):
         edge = edge_flags({name: value}, {name: (low, high)}).get(name)
         around = (value,) if low == high else neighbourhood(name, value, half, edge, lowest_nonzero)
         trials = tuple(f"{r.study}#{r.trial}" for r in rows.itertuples())
         hoods.append(Neighbourhood(name, value, around, _why(name, value, around, edge, lowest_nonzero), trials))
-    return (2.0 if name == "batch_size" else math.exp(half)), tuple(hoods)
+    return param(name).scale.step_factor(half), tuple(hoods)
 
 
 def _union(best: pd.DataFrame, hoods: Mapping[str, Sequence[Neighbourhood]]) -> tuple[dict[str, float], ...]:
@@ -259,11 +249,11 @@ def _union(best: pd.DataFrame, hoods: Mapping[str, Sequence[Neighbourhood]]) -> 
     points: dict[tuple, dict[str, float]] = {}
     for row in best.to_dict("records"):
         params = _params(row)
-        for combo in itertools.product(*(around[(name, float(params[name]))] for name in PARAMS)):
-            point = dict(zip(PARAMS, combo))
-            point["batch_size"] = int(point["batch_size"])
+        for combo in itertools.product(*(around[(name, float(params[name]))] for name in param_names())):
+            point = {name: param(name).cast(value) for name, value in zip(param_names(), combo)}
             points.setdefault(make_config(point, 0).key(), point)
-    return tuple(sorted(points.values(), key=lambda p: tuple(p[n] for n in ("batch_size", *PARAMS))))
+    order = grid_order()
+    return tuple(sorted(points.values(), key=lambda p: tuple(p[n] for n in order)))
 
 
 def _envelope(hoods: Mapping[str, Sequence[Neighbourhood]], sampled: bool) -> SearchSpace:
@@ -271,13 +261,13 @@ def _envelope(hoods: Mapping[str, Sequence[Neighbourhood]], sampled: bool) -> Se
     dims = {}
     for name, found in hoods.items():
         listed = tuple(sorted({v for hood in found for v in hood.values}))
-        continuous = [v for v in listed if name == "momentum" or v > 0] if name != "batch_size" else []
+        continuous = [v for v in listed if param(name).scale.on_axis(v)]
         if not sampled or len(continuous) < 2:
             dims[name] = Dimension(name, listed)
             continue
-        zero = (0.0,) if name == "weight_decay" and 0.0 in listed else ()
+        zero = (0.0,) if param(name).zero_flag is not None and 0.0 in listed else ()
         dims[name] = Dimension(name, zero, Range(min(continuous), max(continuous)))
-    return SearchSpace(**dims)
+    return SearchSpace(dims)
 
 
 def refine_spec(
@@ -320,7 +310,7 @@ def refine_spec(
     grids = frame[frame["study"].isin([n for n in names if settings[n].get("command") == "grid"])]
 
     hoods, step = {}, {}
-    for name in PARAMS:
+    for name in param_names():
         step[name], hoods[name] = _around(name, best, frame, grids)
     points = _union(best, hoods)
 

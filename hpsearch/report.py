@@ -19,26 +19,32 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.errors import BadInput
-from hpsearch.results import DIAGNOSIS_RULES, PARAMS, Results, phase
+from hpsearch.results import DIAGNOSIS_RULES, Results, phase
+from hpsearch.space import names as param_names, param
+from hpsearch.space import params as space_params
 from hpsearch.studyfile import study_file_text
 
 if TYPE_CHECKING:
     from hpsearch.estimate import Estimate, Plan
     from hpsearch.search import Progress as SearchProgress
 
-_HEADERS = {  # two-line headers keep the table inside an 80-column terminal
-    "rank": "\n#", "lr": "\nlr", "weight_decay": "weight\ndecay", "batch_size": "batch\nsize",
-    "momentum": "\nmomentum", "epochs": "\nepochs", "val_accuracy": "val\nacc", "delta": "vs\nbest",
+_OTHER_HEADERS = {  # two-line headers keep the table inside an 80-column terminal
+    "epochs": "\nepochs", "val_accuracy": "val\nacc", "delta": "vs\nbest",
     "val_loss": "val\nloss", "train_loss": "train\nloss", "outcome": "\noutcome", "diagnosis": "\ndiagnosis",
     "seconds": "\nsecs",
 }
 
 
+def _headers() -> dict[str, str]:
+    """Every column's header, in the table's order: rank, the registered parameters, then the rest."""
+    return {"rank": "\n#", **{p.name: p.header for p in space_params()}, **_OTHER_HEADERS}
+
+
 def _cell(column: str, value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return ""
-    if column in ("lr", "weight_decay", "momentum"):
-        return f"{value:.3g}"
+    if column in param_names():
+        return param(column).cell(value)
     if column in ("val_accuracy", "val_loss", "train_loss"):
         return f"{value:.4f}"
     if column == "seconds":
@@ -64,12 +70,12 @@ _OPTIONAL = [("seconds", 116), ("epochs", 110), ("train_loss", 102), ("delta", 9
 def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None, width: int = 200) -> Table:
     """The ranked rows as a rich Table for a terminal ``width`` wide; rows without a result dimmed, last."""
     several = frame["study"].nunique() > 1
-    columns = ["rank"] + (["study", "phase"] if several else []) + ["trial"] + list(_HEADERS)[1:]
+    columns = ["rank"] + (["study", "phase"] if several else []) + ["trial"] + list(_headers())[1:]
     columns = [c for c in columns if not any(c == name and width < needed for name, needed in _OPTIONAL)]
     out = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD,
                 collapse_padding=True, pad_edge=False)
     for c in columns:
-        out.add_column(_HEADERS.get(c, "\n" + c), justify="left" if c in _TEXT else "right",
+        out.add_column(_headers().get(c, "\n" + c), justify="left" if c in _TEXT else "right",
                        no_wrap=True)
     shown = frame if top is None else frame.head(top)
     for record in shown.to_dict("records"):
@@ -98,8 +104,8 @@ def best_line(frame: pd.DataFrame) -> str:
         return "No trial completed."
     b = ok.iloc[0]
     metric = f"val acc {b.val_accuracy:.4f}" if pd.notna(b.val_accuracy) else f"val loss {b.val_loss:.4f}"  # regression: loss
-    return (f"Best: {metric} with lr={b.lr:.3g}, weight_decay={b.weight_decay:.3g}, "
-            f"batch_size={b.batch_size}, momentum={b.momentum:.3g} (study {b.study}, trial {b.trial})")
+    values = ", ".join(f"{p.name}={p.cell(b[p.name])}" for p in space_params())
+    return f"Best: {metric} with {values} (study {b.study}, trial {b.trial})"
 
 
 def to_csv(frame: pd.DataFrame) -> str:
@@ -169,10 +175,10 @@ PLAN_ENDS = 10  # rows shown from each end of a summarised grid
 def plan_table(points: list[dict[str, float]]) -> Table:
     """The grid points a dry run would train, in the order they would train; the first and last few of a large grid."""
     out = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ["lr", "weight_decay", "batch_size", "momentum"]
-    out.add_column(_HEADERS["rank"], justify="right")
+    columns = list(param_names())
+    out.add_column(_headers()["rank"], justify="right")
     for c in columns:
-        out.add_column(_HEADERS[c], justify="right")
+        out.add_column(_headers()[c], justify="right")
     shown = range(len(points)) if len(points) <= PLAN_ROWS else [*range(PLAN_ENDS), *range(len(points) - PLAN_ENDS, len(points))]
     for i in shown:
         if i == len(points) - PLAN_ENDS and len(points) > PLAN_ROWS:
@@ -236,20 +242,20 @@ def test_lines(results: Results) -> list[str]:
             continue
         metrics = ", ".join(f"{key.replace('_', ' ')} {test[key]:.4f}" for key in ("test_accuracy", "test_loss")
                             if isinstance(test.get(key), (int, float)))
-        config = ", ".join(f"{k}={_cell(k, v)}" for k, v in (test.get("config") or {}).items() if k in PARAMS)
+        config = ", ".join(f"{k}={_cell(k, v)}" for k, v in (test.get("config") or {}).items() if k in param_names())
         lines.append(f"Test (study {name}, trial {test.get('trial')}, {config}): {metrics}; evaluated once "
                      f"{test.get('when', '')}".rstrip())
     return lines
 
 
-_MARKDOWN = ["rank", "study", "phase", "trial", "lr", "weight_decay", "batch_size", "momentum", "epochs",
-             "val_accuracy", "delta", "val_loss", "train_loss", "outcome", "diagnosis"]
+_MARKDOWN_AFTER = ["epochs", "val_accuracy", "delta", "val_loss", "train_loss", "outcome", "diagnosis"]
 
 
 def _report_columns(results: Results) -> list[str]:
     """The columns of a Markdown or HTML table: study and phase only when several studies are shown."""
     several = len(results.studies) > 1
-    return [c for c in _MARKDOWN if several or c not in ("study", "phase")]
+    markdown = ["rank", "study", "phase", "trial", *param_names(), *_MARKDOWN_AFTER]
+    return [c for c in markdown if several or c not in ("study", "phase")]
 
 
 def _text_cell(column: str, record: dict) -> str:
@@ -262,7 +268,7 @@ def to_markdown(results: Results, frame: pd.DataFrame) -> str:
     """A pipe table to paste into a README or a pull request, then the best line, edge flags, test result."""
     columns = _report_columns(results)
     right = [c not in _TEXT for c in columns]
-    head = "| " + " | ".join(_HEADERS.get(c, c).replace("\n", " ").strip() for c in columns) + " |"
+    head = "| " + " | ".join(_headers().get(c, c).replace("\n", " ").strip() for c in columns) + " |"
     rule = "|" + "|".join("---:" if r else ":---" for r in right) + "|"
     rows = ["| " + " | ".join(_text_cell(c, r).replace("|", "\\|") for c in columns) + " |"
             for r in frame.to_dict("records")]
@@ -323,7 +329,7 @@ def to_html(results: Results, frame: pd.DataFrame) -> str:
     esc = html.escape
     names = ", ".join(results.studies)
     columns = _report_columns(results)
-    head = "".join(f'<th class="{"text" if c in _TEXT else "num"}">{esc(_HEADERS.get(c, c).strip())}</th>'
+    head = "".join(f'<th class="{"text" if c in _TEXT else "num"}">{esc(_headers().get(c, c).strip())}</th>'
                    for c in columns).replace("\n", " ")
     body = "\n".join(
         f'<tr class="{"ok" if r["outcome"] == "completed" else "other"}">'

@@ -11,14 +11,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.records import (EPOCHS, OUTCOME, REASON, SECONDS, SETTINGS_ATTR, STOPPED_EPOCH, TEST_ATTR, claimable,
                               decode_params, made_by_hpsearch, not_hpsearch)
-from hpsearch.spec import PARAMS
+from hpsearch.space import names as param_names, params as space_params
 from hpsearch.storage import load_study, open_storage
 
-COLUMNS = [
-    "rank", "study", "trial", "lr", "weight_decay", "batch_size", "momentum", "epochs",
-    "val_accuracy", "val_loss", "train_loss", "outcome", "stopped_epoch", "seconds", "reason",
+_AFTER_PARAMS = [
+    "epochs", "val_accuracy", "val_loss", "train_loss", "outcome", "stopped_epoch", "seconds", "reason",
     "phase", "delta", "diagnosis", "edges",  # added after the first release: new CSV columns go last
 ]
+
+
+def columns() -> list[str]:
+    """The frame's (and the CSV's) columns: a column per registered parameter after the trial's number."""
+    return ["rank", "study", "trial", *param_names(), *_AFTER_PARAMS]
 METRICS = ["val_accuracy", "val_loss", "train_loss"]
 _LAST = ["pruned", "diverged", "failed", "out_of_memory", "died", "interrupted", "running"]  # the order of rows without a result
 _OUTCOME = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "diverged", TrialState.FAIL: "failed",
@@ -36,10 +40,7 @@ def _row(study: str, t: FrozenTrial) -> dict[str, object]:
     return {
         "study": study,
         "trial": t.number,
-        "lr": params.get("lr"),
-        "weight_decay": params.get("weight_decay"),
-        "batch_size": params.get("batch_size"),
-        "momentum": params.get("momentum"),
+        **{name: params.get(name) for name in param_names()},
         "epochs": attrs.get(EPOCHS),
         **{m: (curves[m][-1] if completed and curves[m] else None) for m in METRICS},
         "outcome": outcome,
@@ -54,13 +55,12 @@ def _row(study: str, t: FrozenTrial) -> dict[str, object]:
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """Every trial that ran (waiting ones are not results), unranked."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    frame = pd.DataFrame([_row(study.study_name, t) for t in trials], columns=COLUMNS[1:])
+    frame = pd.DataFrame([_row(study.study_name, t) for t in trials], columns=columns()[1:])
     frame["phase"] = phase(study.user_attrs.get(SETTINGS_ATTR, {}))
     # An interrupted trial whose configuration ran again later is history, not a result.
     done = frame[frame["outcome"] != "interrupted"]
-    keys = set(zip(done["lr"], done["weight_decay"], done["batch_size"], done["momentum"]))
-    again = pd.Series([k in keys for k in zip(frame["lr"], frame["weight_decay"], frame["batch_size"],
-                                              frame["momentum"])], index=frame.index, dtype=bool)
+    keys = set(zip(*(done[name] for name in param_names())))
+    again = pd.Series([k in keys for k in zip(*(frame[name] for name in param_names()))], index=frame.index, dtype=bool)
     stale = (frame["outcome"] == "interrupted") & again
     return frame[~stale]
 
@@ -75,14 +75,14 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     ok = ok.assign(rank=range(1, len(ok) + 1))
     out = pd.concat([ok, rest.assign(rank=pd.NA)], ignore_index=True) if len(rest) else ok.reset_index(drop=True)
     out["rank"] = out["rank"].astype("Int64")
-    for name in ("batch_size", "epochs", "stopped_epoch"):
+    for name in (*(p.name for p in space_params() if p.integer), "epochs", "stopped_epoch"):
         out[name] = _whole(out[name])
     out["delta"] = _delta(out)
     ranges = searched_ranges(out)
     out["edges"] = ""  # for the best row only: on a coarse grid every other row sits on some edge too
     if len(ok):
         out.loc[0, "edges"] = ", ".join(f"{name} {side}" for name, side in edge_flags(out.iloc[0], ranges).items())
-    return out[COLUMNS]
+    return out[columns()]
 
 
 def _whole(column: pd.Series) -> pd.Series:
@@ -197,7 +197,7 @@ def searched_ranges(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
     learning rate was searched too). Over several studies this is the range searched so far. Sampled
     studies count what they drew, not their declared bounds: a continuous draw never lands on a bound."""
     ranges = {}
-    for name in PARAMS:
+    for name in param_names():
         values = pd.to_numeric(frame[name], errors="coerce").dropna()
         if len(values):
             ranges[name] = (float(values.min()), float(values.max()))

@@ -20,8 +20,9 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from hpsearch import samplers, signals
 from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
 from hpsearch.objective import Failure, Objective, PopulationObjective
-from hpsearch.records import (SETTINGS_ATTR, WEIGHT_DECAY_ZERO, Outcome, attempt, beat, claimable, fail, finished,
+from hpsearch.records import (SETTINGS_ATTR, Outcome, attempt, beat, claimable, fail, finished,
                               not_hpsearch, param_config, queued_params, requeue, tell, write_settings)
+from hpsearch.space import names as param_names, param, params as space_params
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
 from hpsearch.storage import Store, open_storage, study_names
 from hpsearch.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere
@@ -103,28 +104,29 @@ def _grid_distributions(points: Iterable[dict[str, float]]) -> dict[str, BaseDis
     low: dict[str, float] = {}
     high: dict[str, float] = {}
     for p in points:
-        for name in ("lr", "weight_decay", "batch_size", "momentum"):
+        for name in param_names():
             value = float(p[name])  # type: ignore[arg-type]
             low[name] = min(low.get(name, value), value)
             high[name] = max(high.get(name, value), value)
-    dists: dict[str, BaseDistribution] = {name: FloatDistribution(low[name], high[name])
-                                          for name in ("lr", "weight_decay", "momentum")}
-    dists["batch_size"] = IntDistribution(int(low["batch_size"]), int(high["batch_size"]))
+    # floats first, then integers: the order every stored grid study has
+    dists: dict[str, BaseDistribution] = {q.name: FloatDistribution(low[q.name], high[q.name])
+                                          for q in space_params() if not q.integer}
+    dists.update({q.name: IntDistribution(int(low[q.name]), int(high[q.name])) for q in space_params() if q.integer})
     return dists
 
 
 def _suggest(trial: Trial, dim: Dimension) -> float:
     """Sample one dimension of a random / TPE space on its natural scale."""
-    name = dim.name
+    name, p = dim.name, param(dim.name)
     if not dim.is_continuous:
-        choices = [int(v) if name == "batch_size" else v for v in dim.grid()]
+        choices = [p.cast(v) for v in dim.grid()]
         return float(trial.suggest_categorical(name, choices))
     assert dim.range is not None
     low, high = dim.range.low, dim.range.high
-    if name == "momentum":
+    if not p.scale.sample_log:
         return trial.suggest_float(name, low, high)  # Optuna has no 1 - m scale; see README
-    if name == "weight_decay" and dim.values:
-        if trial.suggest_categorical(WEIGHT_DECAY_ZERO, [False, True]):
+    if p.zero_flag is not None and dim.values:
+        if trial.suggest_categorical(p.zero_flag, [False, True]):
             return 0.0
     return trial.suggest_float(name, low, high, log=True)
 

@@ -13,19 +13,20 @@ Weight decay may list 0 beside a log range: ``0,1e-6:1e-2``.
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
 import math
 import numbers
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 from hpsearch.errors import BadInput
+from hpsearch.space import (BATCH_BOUNDS, MAX_POINTS, Config, Dimension, Param, Range, SearchSpace, fmt, make_config,
+                            names, param, params, tidy)
 
-PARAMS = ("lr", "weight_decay", "batch_size", "momentum")
-FLAGS = {name: "--" + name.replace("_", "-") for name in PARAMS}
+__all__ = ["Config", "Dimension", "Range", "SearchSpace", "fmt", "make_config", "tidy"]  # re-exported
+
+PARAMS = ("lr", "weight_decay", "batch_size", "momentum")  # the built-in parameters; the registry may hold more
 COMMANDS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha", "hyperband")
 BUILTIN_TASKS = ("digits", "mnist1d")
@@ -33,26 +34,21 @@ DATA_SUFFIXES = (".npz", ".csv")  # a task reference ending so is a data file (-
 KINDS = ("classification", "regression")
 TASK_FORMS = "FILE.py:FUNCTION, package.module:FUNCTION, or --data FILE.npz|FILE.csv"
 
-# The recipe's coarse grid (DESIGN.md); the same as the benchmark yardstick's defaults.
-GRID_DEFAULTS = {"lr": "1e-1,1e-2,1e-3,1e-4", "weight_decay": "1e-4,1e-5,0", "batch_size": "32,128", "momentum": "0.9"}
-# Ranges wide enough that a random or TPE search needs no prior knowledge of the model.
-SAMPLED_DEFAULTS = {"lr": "1e-5:1", "weight_decay": "0,1e-6:1e-2", "batch_size": "16:256", "momentum": "0:0.99"}
 DEFAULT_EPOCHS = 5  # "a few epochs": enough to rank a coarse grid, as in the recipe
 DEFAULT_TRIALS = 20
 DEFAULT_SEED = 0
 DEFAULT_RETRIES = 1  # one retry tells a passing fault (a full disk, a busy GPU) from a real bug
-# The most grid points (and values of one counted range) a search takes unless --max-points says more.
-# The recipe's grids hold tens to hundreds of points; 100,000 already means hours of training at the
-# measured 100-140 trials/s of a population on digits, a journal of several hundred MB, and Optuna
-# reading 100,000 trials on every ask. A larger number is far more often a typo (an extra zero in a
-# count) than a plan, so it is refused before anything is built, with the way to ask for it.
-MAX_POINTS = 100_000
+# MAX_POINTS (space.py): the most grid points (and values of one counted range) a search takes unless
+# --max-points says more. The recipe's grids hold tens to hundreds of points; 100,000 already means hours
+# of training at the measured 100-140 trials/s of a population on digits, a journal of several hundred MB,
+# and Optuna reading 100,000 trials on every ask. A larger number is far more often a typo (an extra zero
+# in a count) than a plan, so it is refused before anything is built, with the way to ask for it.
 
 # The allowed values of every integer setting (inclusive), checked where flags and study files are
 # parsed, before anything is written: a value beyond them used to be stored and then break every later
 # read, or to overflow deep inside torch, numpy or pandas. Each bound is far beyond any sensible search.
 INT_BOUNDS: dict[str, tuple[int, int]] = {
-    "batch_size": (1, 2**20),  # a million examples a step: full-batch on any data that fits in memory
+    "batch_size": BATCH_BOUNDS,  # a million examples a step: full-batch on any data that fits in memory
     "epochs": (1, 100_000),  # per-epoch curves are stored per trial; 1e5 points already make a big record
     "seed": (0, 2**32 - 1),  # what numpy's seeding (Optuna's samplers) accepts; torch's as well
     "trials": (1, 1_000_000),  # every trial is a record in the storage, read back by each report
@@ -87,127 +83,30 @@ def check_int(name: str, value: int, flag: str | None = None) -> int:
     return value
 
 
-def tidy(value: float) -> float:
-    """Round away float noise (1e-3 from a log grid is 0.0010000000000000002), so points compare equal."""
-    return float(f"{value:.12g}")
-
-
-@dataclass(frozen=True)
-class Scale:
-    """Maps a parameter to the axis on which its ranges are evenly spaced."""
-
-    forward: Callable[[float], float]
-    inverse: Callable[[float], float]
-
-
-SCALES = {
-    "lr": Scale(math.log, math.exp),
-    "weight_decay": Scale(math.log, math.exp),
-    "batch_size": Scale(math.log2, lambda u: float(2 ** round(u))),
-    "momentum": Scale(lambda m: math.log(1.0 - m), lambda u: 1.0 - math.exp(u)),
-}
-
-
-@dataclass(frozen=True)
-class Range:
-    low: float
-    high: float
-    count: int | None = None
-
-    def text(self) -> str:
-        ends = f"{fmt(self.low)}:{fmt(self.high)}"
-        return ends if self.count is None else f"{ends}:{self.count}"
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One parameter's search values: listed values, at most one range, or both (weight decay's 0)."""
-
-    name: str
-    values: tuple[float, ...] = ()
-    range: Range | None = None
-
-    def text(self) -> str:
-        items = [fmt(v) for v in self.values] + ([self.range.text()] if self.range else [])
-        return ",".join(items)
-
-    def size(self) -> int:
-        """How many values ``grid()`` holds, known without listing a range of more than MAX_POINTS values
-        (then an upper bound: listed values that fall on the range are counted twice)."""
-        if self.range is None:
-            return len(self.values)
-        count = range_count(self.name, self.range)
-        return len(self.grid()) if count <= MAX_POINTS else len(self.values) + count
-
-    def grid(self) -> tuple[float, ...]:
-        """Every value of this dimension as a grid (a range needs a count, except batch size)."""
-        points = list(self.values)
-        if self.range is not None:
-            points += expand(self.name, self.range)
-        return tuple(sorted(set(points)))
-
-    @property
-    def is_continuous(self) -> bool:
-        """True when a sampler must draw from a range rather than pick from a list."""
-        return self.range is not None and self.range.count is None and self.name != "batch_size"
-
-
-def fmt(value: float) -> str:
-    """Short (1e-05, 0.9, 32) where that is exact, else every digit: texts parse back to the same values."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
-
-
-def range_count(name: str, rng: Range) -> int:
-    """The values a range expands to, before duplicates (batch size: at most its powers of two)."""
-    powers = int(math.log2(rng.high)) - int(math.log2(rng.low)) + 1 if name == "batch_size" else None
-    if rng.count is None:
-        return powers or 0  # an uncounted range is a grid only for batch size
-    return min(rng.count, powers) if powers is not None else rng.count
-
-
-def expand(name: str, rng: Range) -> list[float]:
-    """The grid points of a range on the parameter's natural scale."""
-    scale = SCALES[name]
-    if name == "batch_size" and rng.count is None:
-        low, high = int(math.log2(rng.low)), int(math.log2(rng.high))
-        return [float(2**e) for e in range(low, high + 1)]
-    assert rng.count is not None
-    a, b = scale.forward(rng.low), scale.forward(rng.high)
-    step = (b - a) / (rng.count - 1)
-    return [tidy(scale.inverse(a + i * step)) for i in range(rng.count)]
-
-
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 
 def _number(name: str, text: str, whole: str) -> float:
     if not re.fullmatch(_NUMBER, text.strip()):
-        raise BadInput(f"{FLAGS[name]} {whole}: '{text}' is not a number")
+        raise BadInput(f"{param(name).flag} {whole}: '{text}' is not a number")
     return float(text)
 
 
 def _check_value(name: str, value: float, flag: str) -> None:
     if not math.isfinite(value):
         raise BadInput(f"{flag}: {fmt(value)} is too large a number")
-    if name == "lr" and not value > 0:
-        raise BadInput(f"{flag}: a learning rate must be > 0, not {fmt(value)}")
-    if name == "weight_decay" and value < 0:
-        raise BadInput(f"{flag}: weight decay must be >= 0, not {fmt(value)}")
-    if name == "batch_size" and (value != int(value) or not INT_BOUNDS["batch_size"][0] <= value <= INT_BOUNDS["batch_size"][1]):
-        shown = str(int(value)) if value == int(value) and value < 1e15 else fmt(value)
-        raise BadInput(f"{flag}: a batch size must be {bounds_text('batch_size')}, not {shown}")
-    if name == "momentum" and not 0 <= value < 1:
-        raise BadInput(f"{flag}: momentum must be in [0, 1), not {fmt(value)}")
+    problem = param(name).problem(value)
+    if problem is not None:
+        raise BadInput(f"{flag}: {problem}")
 
 
-def point_problem(params: Mapping[str, object]) -> str | None:
+def point_problem(values: Mapping[str, object]) -> str | None:
     """Why a stored configuration cannot be trained (again) under today's rules, or None when it can.
 
     A study written by an older hpsearch may hold values that parsing refuses now (batch size 1e20).
     """
-    for name in PARAMS:
-        value = params.get(name)
+    for name in names():
+        value = values.get(name)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return f"{name} {value!r} is not a number"
         try:
@@ -219,7 +118,7 @@ def point_problem(params: Mapping[str, object]) -> str | None:
 
 def _parse_range(name: str, item: str, whole: str) -> Range:
     parts = item.split(":")
-    flag = f"{FLAGS[name]} {whole}"
+    flag = f"{param(name).flag} {whole}"
     if len(parts) not in (2, 3):
         raise BadInput(f"{flag}: a range is LOW:HIGH or LOW:HIGH:COUNT, not '{item}'")
     low, high = (_number(name, p, whole) for p in parts[:2])
@@ -227,10 +126,11 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
         _check_value(name, value, flag)
     if not low < high:
         raise BadInput(f"{flag}: a range's low end must be below its high end (write {parts[1]}:{parts[0]})")
-    if name == "weight_decay" and low == 0:
+    scale = param(name).scale
+    if low == 0 and not scale.on_axis(low) and not scale.discrete:
         raise BadInput(f"{flag}: a log range cannot start at 0; write 0,{fmt(high / 1e4)}:{fmt(high)} to include 0")
-    if name == "batch_size" and any(v != 2 ** round(math.log2(v)) for v in (low, high)):
-        raise BadInput(f"{flag}: batch size ranges run over powers of two; make both ends powers of two (e.g. 16:256)")
+    if scale.discrete and any(v != 2 ** round(math.log2(v)) for v in (low, high)):
+        raise BadInput(f"{flag}: {param(name).label.lower()} ranges run over powers of two; make both ends powers of two (e.g. 16:256)")
     count = None
     if len(parts) == 3:
         low_count, high_count = INT_BOUNDS["count"]
@@ -240,7 +140,7 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
                 and low_count <= int(digits) <= high_count):
             text = parts[2].strip()
             shown = text if len(text) <= 24 else f"{text[:10]}... ({len(text):,} characters)"
-            raise BadInput(f"{FLAGS[name]}: the count of a range must be {bounds_text('count')}, not {shown}")
+            raise BadInput(f"{param(name).flag}: the count of a range must be {bounds_text('count')}, not {shown}")
         count = int(digits)
     return Range(low, high, count)
 
@@ -248,11 +148,11 @@ def _parse_range(name: str, item: str, whole: str) -> Range:
 def parse_values(name: str, text: str) -> Dimension:
     """Parse one parameter's VALUES; raise BadInput with a one-line message on anything wrong."""
     if not text.isprintable():  # a newline or other control character would break the one-line message
-        raise BadInput(f"{FLAGS[name]} {text!r}: VALUES hold numbers, ':' and ',' only")
+        raise BadInput(f"{param(name).flag} {text!r}: VALUES hold numbers, ':' and ',' only")
     whole = text.strip()
     items = [item.strip() for item in whole.split(",")]
     if not whole or any(not item for item in items):
-        raise BadInput(f"{FLAGS[name]} '{text}': give a comma list of values or a range LOW:HIGH[:COUNT]")
+        raise BadInput(f"{param(name).flag} '{text}': give a comma list of values or a range LOW:HIGH[:COUNT]")
     values: list[float] = []
     ranges: list[Range] = []
     for item in items:
@@ -260,60 +160,35 @@ def parse_values(name: str, text: str) -> Dimension:
             ranges.append(_parse_range(name, item, whole))
         else:
             value = _number(name, item, whole)
-            _check_value(name, value, f"{FLAGS[name]} {whole}")
+            _check_value(name, value, f"{param(name).flag} {whole}")
             values.append(tidy(value))
     if len(ranges) > 1:
-        raise BadInput(f"{FLAGS[name]} {whole}: give at most one range")
+        raise BadInput(f"{param(name).flag} {whole}: give at most one range")
     return Dimension(name, tuple(sorted(set(values))), ranges[0] if ranges else None)
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    lr: Dimension
-    weight_decay: Dimension
-    batch_size: Dimension
-    momentum: Dimension
-
-    def dimensions(self) -> tuple[Dimension, ...]:
-        return (self.lr, self.weight_decay, self.batch_size, self.momentum)
-
-    def texts(self) -> dict[str, str]:
-        return {d.name: d.text() for d in self.dimensions()}
-
-    def size(self) -> int:
-        """The grid's number of points: a product of counts, known without building a point."""
-        return math.prod(dim.size() for dim in self.dimensions())
-
-    def iter_grid(self) -> Iterator[dict[str, float]]:
-        """Every grid point, one at a time, ordered by batch size so that consecutive points can share a population."""
-        values = {dim.name: dim.grid() for dim in self.dimensions()}
-        for size, lr, weight_decay, momentum in itertools.product(
-                values["batch_size"], values["lr"], values["weight_decay"], values["momentum"]):
-            yield {"lr": lr, "weight_decay": weight_decay, "batch_size": int(size), "momentum": momentum}
-
-    def grid(self) -> list[dict[str, float]]:
-        return list(self.iter_grid())
 
 
 def parse_space(command: str, texts: dict[str, str | None]) -> SearchSpace:
     """Build the space for a command from flag texts (None = that command's default)."""
-    defaults = GRID_DEFAULTS if command == "grid" else SAMPLED_DEFAULTS
-    dims = {name: parse_values(name, defaults[name] if texts.get(name) is None else texts[name])  # type: ignore[arg-type]
-            for name in PARAMS}  # an empty --lr "" is a mistake, not the default
+    dims = {p.name: parse_values(p.name, _default(p, command) if texts.get(p.name) is None else texts[p.name])  # type: ignore[arg-type]
+            for p in params()}  # an empty --lr "" is a mistake, not the default
     for dim in dims.values():
         _check_for_command(command, dim)
-    return SearchSpace(**dims)
+    return SearchSpace(dims)
+
+
+def _default(p: Param, command: str) -> str:
+    return p.grid_default if command == "grid" else p.sampled_default
 
 
 def _check_for_command(command: str, dim: Dimension) -> None:
-    flag = f"{FLAGS[dim.name]} {dim.text()}"
+    flag = f"{param(dim.name).flag} {dim.text()}"
     rng = dim.range
     if rng is None:
         return
-    if command == "grid" and rng.count is None and dim.name != "batch_size":
+    if command == "grid" and rng.count is None and not param(dim.name).scale.discrete:
         raise BadInput(f"{flag}: a grid needs a list of values or a count (e.g. {rng.text()}:4)")
     if command != "grid" and dim.values and dim.is_continuous:
-        if dim.name != "weight_decay" or dim.values != (0.0,):
+        if param(dim.name).zero_flag is None or dim.values != (0.0,):
             raise BadInput(f"{flag}: values beside a range are only for weight decay's 0 (e.g. 0,1e-6:1e-2)")
 
 
@@ -367,7 +242,7 @@ class StudySpec:
                            f"{self.max_points:,}; use fewer values or a smaller range count{over}")
         for dim in self.space.dimensions():
             if not dim.is_continuous and dim.size() > self.max_points:
-                raise BadInput(f"{FLAGS[dim.name]} {dim.text()}: {dim.size():,} values, more than the limit of "
+                raise BadInput(f"{param(dim.name).flag} {dim.text()}: {dim.size():,} values, more than the limit of "
                                f"{self.max_points:,}; give a smaller count, or a range without a count to "
                                f"sample from{over}")
 
@@ -388,10 +263,6 @@ class StudySpec:
 def build_spec(
     command: str,
     *,
-    lr: str | None = None,
-    weight_decay: str | None = None,
-    batch_size: str | None = None,
-    momentum: str | None = None,
     task: str | None = None,
     data: str | None = None,
     target: str | None = None,
@@ -406,10 +277,15 @@ def build_spec(
     jobs: int = 1,
     retries: int = DEFAULT_RETRIES,
     max_points: int = MAX_POINTS,
+    **values: str | None,
 ) -> StudySpec:
+    """A validated StudySpec from a command's flags; ``values``: each parameter's VALUES text (None: the default)."""
     if command not in COMMANDS:
         raise BadInput(f"unknown command '{command}'; choose one of {', '.join(COMMANDS)}")
-    space = parse_space(command, {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "momentum": momentum})
+    unknown = sorted(set(values) - set(names()))
+    if unknown:
+        raise TypeError(f"build_spec() got unexpected keyword arguments {unknown}")
+    space = parse_space(command, values)
     task, stem = task_reference(task, data, target, kind)
     check_int("epochs", epochs)
     check_int("seed", seed)
@@ -465,25 +341,3 @@ def task_reference(task: str | None, data: str | None, target: str | None, kind:
     return ref, re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-.") or "task"
 
 
-@dataclass(frozen=True)
-class Config:
-    """One configuration to train: the four parameters and the seed derived from them."""
-
-    lr: float
-    weight_decay: float
-    batch_size: int
-    momentum: float
-    seed: int = field(default=0)
-
-    def key(self) -> tuple[float, float, int, float]:
-        return (tidy(self.lr), tidy(self.weight_decay), int(self.batch_size), tidy(self.momentum))
-
-    def params(self) -> dict[str, float]:
-        return {"lr": self.lr, "weight_decay": self.weight_decay, "batch_size": self.batch_size, "momentum": self.momentum}
-
-
-def make_config(params: dict[str, float], study_seed: int) -> Config:
-    """A configuration with its seed: from --seed and the values alone, never from worker or order."""
-    config = Config(float(params["lr"]), float(params["weight_decay"]), int(params["batch_size"]), float(params["momentum"]))
-    digest = hashlib.sha256(repr((study_seed,) + config.key()).encode()).digest()
-    return replace(config, seed=int.from_bytes(digest[:4], "little") & 0x7FFFFFFF)

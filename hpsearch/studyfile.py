@@ -28,9 +28,10 @@ else:  # pragma: no cover - the same parser, from PyPI
     import tomli as tomllib
 
 from hpsearch.errors import BadInput
-from hpsearch.spec import BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, PARAMS, PRUNERS, check_int, fmt, parse_values
+from hpsearch.space import names as param_names
+from hpsearch.spec import BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, PRUNERS, check_int, fmt, parse_values
 
-# Every key a study file may hold, with its TOML type; the four parameters are read by _values_text.
+# Every key a study file may hold, with its TOML type; the registered parameters are read by _values_text.
 # A refine file names its sources (from), top and sampler instead of a task and a space.
 KEYS: dict[str, type] = {
     "command": str, "task": str, "data": str, "target": str, "kind": str, "epochs": int, "seed": int,
@@ -65,11 +66,11 @@ def read_study_file(path: str | Path, command: str, options: Collection[str]) ->
         raise BadInput(f"{where}: holds a number too long to read; integers are far smaller") from None
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in KEYS and key not in PARAMS:
-            close = difflib.get_close_matches(key.replace("-", "_"), [*PARAMS, *KEYS], n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; keys: {', '.join([*PARAMS, *KEYS])}"
+        if key not in KEYS and key not in param_names():
+            close = difflib.get_close_matches(key.replace("-", "_"), [*param_names(), *KEYS], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; keys: {', '.join([*param_names(), *KEYS])}"
             raise BadInput(f"{where}: unknown key '{key}'{hint}")
-        if key in PARAMS:
+        if key in param_names():
             values[key] = _values_text(key, value, where)
             continue
         wanted = KEYS[key]
