@@ -78,6 +78,9 @@ class PopulationObjective:
 
             try:
                 results = self.train_population([configs[i] for i in members], epochs, report)
+            except SystemExit as exit_:  # the user's model ends its own trials, never hpsearch
+                yield members, Failure(f"the model called sys.exit({exit_.code!r}) while training")
+                continue
             except Exception as error:  # a failure of this population, not of the search
                 if not out_of_memory(error):
                     yield members, Failure(f"{type(error).__name__}: {error}".splitlines()[0])

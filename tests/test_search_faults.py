@@ -73,12 +73,18 @@ def make():
 
 # the user's bug at batch size 16; batch size 32 trains
 FAILING_TASK = _raising_task(16, 'RuntimeError("boom in the user\'s model")')
+# the user's model ends the process at batch size 16, with a status or a message: it fails its trials, not hpsearch
+EXITING_TASKS = {"sys.exit(5)": _raising_task(16, "SystemExit(5)"),
+                 "sys.exit('no more')": _raising_task(16, 'SystemExit("no more")')}
+REASONS = {"raises": "boom in the user's model", **{k: f"the model called {k} while training" for k in EXITING_TASKS}}
 
 
 @pytest.mark.parametrize("retries", [0, 2])
-def test_a_failing_configuration_is_retried_then_reported_failed_with_its_reason(workdir, retries):
-    (workdir / "fragile.py").write_text(FAILING_TASK)
-    args = ["grid", "--task", "fragile.py:make", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "16,32",
+@pytest.mark.parametrize("how", list(REASONS))
+def test_a_failing_configuration_is_retried_then_reported_failed_with_its_reason(workdir, retries, how):
+    name = "fragile.py" if how == "raises" else f"exiting{len(how)}.py"  # load_task caches a file by its name
+    (workdir / name).write_text(EXITING_TASKS.get(how, FAILING_TASK))
+    args = ["grid", "--task", f"{name}:make", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "16,32",
             "--epochs", "1", "--retries", str(retries), "--device", "cpu"]
     result = run(*args)
     assert result.exit_code == 0, result.output
@@ -87,7 +93,7 @@ def test_a_failing_configuration_is_retried_then_reported_failed_with_its_reason
     assert len(runs) == retries + 1 and all(t.state == TrialState.FAIL for t in runs)
     assert [t.user_attrs.get("attempt", 1) for t in runs] == list(range(1, retries + 2))
     assert [bool(t.user_attrs.get("requeued")) for t in runs] == [True] * retries + [False]
-    assert all("boom in the user's model" in t.user_attrs["reason"] for t in runs)
+    assert all(REASONS[how] in t.user_attrs["reason"] for t in runs), [t.user_attrs["reason"] for t in runs]
     assert [t.state for t in trials if t.params["batch_size"] == 32] == [TrialState.COMPLETE]
     again = run(*args)  # a configuration failed for good is not run again
     assert again.exit_code == 0 and len(study_trials("studies/hpsearch.journal", "make-grid")) == len(trials)
