@@ -135,7 +135,7 @@ def scaling_curve() -> list[dict]:
     import torch
 
     from hpsearch.spec import make_config
-    from hpsearch.tasks import load_task
+    from hpsearch.tasks.builtin import load_task
     from hpsearch.train import train_population
 
     task = load_task("digits")
@@ -258,7 +258,7 @@ def main() -> None:
         print(f"{point['population']:>10} {point['seconds']:8.3f} {point['member_epochs_per_s']:16.1f} "
               f"{point['trials_per_s_at_5_epochs']:16.1f} {speedup:8.1f}x{flag}")
 
-    from hpsearch.tasks import load_task
+    from hpsearch.tasks.builtin import load_task
 
     task = load_task("digits")
     rate = flop_rate(curve[-1], len(task.train[0]), len(task.val[0]))

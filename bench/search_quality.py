@@ -44,7 +44,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from hpsearch.search import run_search
+from hpsearch.search.run import run_search
 from hpsearch.spec import build_spec
 
 from _common import machine_info  # bench/ is on sys.path when a script here runs

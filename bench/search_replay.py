@@ -23,10 +23,10 @@ from pathlib import Path
 
 import optuna
 
-from hpsearch import samplers
 from hpsearch.objective import PopulationObjective
-from hpsearch.records import param_config
-from hpsearch.search import Strategy
+from hpsearch.search import samplers
+from hpsearch.search.records import param_config
+from hpsearch.search.run import Strategy
 from hpsearch.train import EpochReport, MemberResult
 
 import search_quality as sq  # bench/ is on sys.path when a script here runs

@@ -37,7 +37,7 @@ class Cli(click.Group):
             _fail(f"{error.format_message()} (see '{where} --help')", 2, urls)
         except click.ClickException as error:
             _fail(error.format_message(), error.exit_code, urls)
-        except click.Abort as error:  # Ctrl-C, or SIGTERM while waiting for a lock (hpsearch.journal)
+        except click.Abort as error:  # Ctrl-C, or SIGTERM while waiting for a lock (hpsearch.storage.journal)
             terminated = getattr(error.__cause__, "signum", None) == signal.SIGTERM
             _fail("interrupted", 143 if terminated else 130, urls)
         except HpsearchError as error:
@@ -51,7 +51,7 @@ class Cli(click.Group):
 
 def _fail(message: str, code: int, urls: list[str]) -> None:
     """The single exit for errors: one line, scrubbed of the passwords of ``urls`` and of every storage opened."""
-    from hpsearch.redact import scrub
+    from hpsearch.storage.redact import scrub
 
     click.echo(f"Error: {scrub(message, urls)}", err=True)
     sys.exit(code)
@@ -181,9 +181,9 @@ def _run(command: str, spec: Any = None, **flags: Any) -> None:  # noqa: ANN401 
     """Run a search (``spec``, else one built from the flags) with a live progress bar, then print the ranked table."""
     import time
 
-    from hpsearch.report import best_line, failure_lines, progress_bar, table
-    from hpsearch.results import load_results
-    from hpsearch.search import run_search
+    from hpsearch.report.render import best_line, failure_lines, progress_bar, table
+    from hpsearch.report.results import load_results
+    from hpsearch.search.run import run_search
     from hpsearch.spec import build_spec
 
     dry_run = flags.pop("dry_run", False)
@@ -195,7 +195,7 @@ def _run(command: str, spec: Any = None, **flags: Any) -> None:  # noqa: ANN401 
     bar = _console(stderr=True)
     estimate = None
     if bar.is_terminal and spec.jobs == 1:  # the bar is shown: its ETA starts from a few measured steps
-        from hpsearch.estimate import estimate_search
+        from hpsearch.recipe.estimate import estimate_search
 
         measured = estimate_search(spec)[1]
         estimate = measured.seconds - measured.startup
@@ -234,8 +234,8 @@ def _run(command: str, spec: Any = None, **flags: Any) -> None:  # noqa: ANN401 
 
 def _dry_run(spec: Any, listed: bool = False) -> None:  # noqa: ANN401 - a spec.StudySpec, imported late
     """--dry-run: the plan and its estimated time; nothing is trained or written (``listed``: points shown already)."""
-    from hpsearch.estimate import estimate_search
-    from hpsearch.report import plan_lines, plan_table
+    from hpsearch.recipe.estimate import estimate_search
+    from hpsearch.report.render import plan_lines, plan_table
 
     spec.check_size()  # a refined spec was not built from flags
     plan, estimate = estimate_search(spec)
@@ -346,7 +346,7 @@ def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) 
       hpsearch refine --from coarse --study fine
       hpsearch refine --from coarse --sampler tpe --trials 30 --study fine-tpe
     """
-    from hpsearch.refine import refine_spec
+    from hpsearch.recipe.refine import refine_spec
 
     refinement = refine_spec(sources, **options)
     spec = refinement.spec
@@ -384,7 +384,7 @@ def final(name: str, trial: int | None, force: bool, storage: str | None, device
     Example:
       hpsearch test --study fine
     """
-    from hpsearch.final import AlreadyTested, describe, final_test
+    from hpsearch.recipe.test import AlreadyTested, describe, final_test
 
     try:
         record = final_test(name, trial, force, storage, device)
@@ -413,9 +413,9 @@ def check(device: str, population: int, **what: Any) -> None:
       hpsearch check --task digits
       hpsearch check --task examples/my_task.py:spirals --device cuda
     """
-    from hpsearch.check import run_checks
+    from hpsearch.recipe.check import run_checks
     from hpsearch.spec import task_reference
-    from hpsearch.tasks import load_task
+    from hpsearch.tasks.builtin import load_task
     from hpsearch.train import resolve_device
 
     ref, _ = task_reference(**what)
@@ -462,9 +462,9 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
       hpsearch report coarse --format markdown --plots plots/
       hpsearch report coarse --format toml --output studies/coarse.toml
     """
-    from hpsearch.report import (FORMATS, best_line, check_plot_folder, check_report_output, edge_lines, failure_lines,
-                                 studies_table, table, test_lines)
-    from hpsearch.results import list_studies, read_results
+    from hpsearch.report.render import (FORMATS, best_line, check_plot_folder, check_report_output, edge_lines,
+                                        failure_lines, studies_table, table, test_lines)
+    from hpsearch.report.results import list_studies, read_results
 
     if not studies:
         _console().print(studies_table(list_studies(storage)))
@@ -508,7 +508,7 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
 
 def _write_plots(results: Any, folder: Path) -> None:  # a results.Results
     """Write the report's PNG files and say where, with the importance sentences (on stderr: stdout may be data)."""
-    from hpsearch.plots import importances, write_plots
+    from hpsearch.report.plots import importances, write_plots
 
     found = importances(results)
     try:
@@ -536,7 +536,7 @@ def repair(storage: str | None) -> None:
     Example:
       hpsearch repair --storage studies/hpsearch.journal
     """
-    from hpsearch.storage import repair_journal
+    from hpsearch.storage.store import repair_journal
 
     done = repair_journal(storage)
     if done.backup is None:

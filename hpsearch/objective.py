@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol, Sequen
 from hpsearch.spec import Config, StudySpec
 
 if TYPE_CHECKING:
-    from hpsearch.tasks import Task
+    from hpsearch.tasks.builtin import Task
     from hpsearch.train import EpochReport, MemberResult
 
 
@@ -57,7 +57,7 @@ class PopulationObjective:
 
     def task(self) -> Task:
         if self._task is None:
-            from hpsearch.tasks import load_task
+            from hpsearch.tasks.builtin import load_task
             from hpsearch.train import resolve_device
 
             self._task = load_task(*self.reference).to(resolve_device(self.device))

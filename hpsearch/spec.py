@@ -210,15 +210,15 @@ class StudySpec:
     # and falls at 256 as the batch leaves the cache; it also bounds memory.
     max_population: int = 64
     target: str | None = None  # a CSV data file's label column
-    kind: str | None = None  # a data file's kind; None: from its targets (see usertasks)
+    kind: str | None = None  # a data file's kind; None: from its targets (see hpsearch.tasks.user)
     # The objective: "val_accuracy" (maximised, classification) or "val_loss" (minimised,
     # regression); None until the search has loaded the task and knows its kind.
     metric: str | None = None
-    jobs: int = 1  # worker processes on this machine sharing the study (hpsearch.workers)
+    jobs: int = 1  # worker processes on this machine sharing the study (hpsearch.search.workers)
     retries: int = DEFAULT_RETRIES  # re-runs of a configuration whose training raised an error
-    # A refined grid (hpsearch.refine) is a union of neighbourhoods, not a product: its points are listed.
+    # A refined grid (hpsearch.recipe.refine) is a union of neighbourhoods, not a product: its points are listed.
     points: tuple[dict[str, float], ...] | None = None
-    source: dict[str, object] | None = None  # a refined study's origin: studies, trials, rule (hpsearch.refine)
+    source: dict[str, object] | None = None  # a refined study's origin: studies, trials, rule (hpsearch.recipe.refine)
     max_points: int = MAX_POINTS  # the largest grid (and counted range) taken; see MAX_POINTS
 
     def grid_points(self) -> list[dict[str, float]]:

@@ -32,7 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpsearch.errors import BadInput
 from hpsearch.spec import Config
-from hpsearch.tasktypes import Task, note_once
+from hpsearch.tasks.task import Task, note_once, require_trainable
 
 DIVERGENCE_FACTOR = 10.0  # a loss above 10x the member's first loss counts as exploding (DESIGN.md)
 
@@ -80,15 +80,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise BadInput(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
-
-
-def require_trainable(model: nn.Module, where: str) -> None:
-    """Refuse a model with nothing to train: every search would rank untrained copies of it."""
-    if not any(p.requires_grad for p in model.parameters()):
-        total = sum(p.numel() for p in model.parameters())
-        what = f"all {total:,} of its parameters have requires_grad=False" if total else "it has no parameters"
-        raise BadInput(f"{where}: the {type(model).__name__} model has no trainable parameter ({what}); "
-                       "unfreeze the parameters to tune")
 
 
 def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from helpers import one_thread_env
 
 @pytest.fixture(scope="session")
 def digits():
-    from hpsearch.tasks import load_task
+    from hpsearch.tasks.builtin import load_task
 
     return load_task("digits")
 

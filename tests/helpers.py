@@ -19,7 +19,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cli import main
-from hpsearch.storage import DEFAULT_JOURNAL, open_storage, study_names
+from hpsearch.storage.store import DEFAULT_JOURNAL, open_storage, study_names
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: README.md, studies/, examples/
 TOL = 1e-5  # batched and unbatched matmuls may round differently (DESIGN.md)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch.check import initial_loss, memory, overfit_one_batch, parameter_count, run_checks
 from hpsearch.errors import BadInput
+from hpsearch.recipe.check import initial_loss, memory, overfit_one_batch, parameter_count, run_checks
 
 from helpers import run
 

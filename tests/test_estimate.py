@@ -6,8 +6,8 @@ import re
 import pytest
 from rich.progress import Progress
 
-from hpsearch.estimate import Population, estimate_plan, plan_search
-from hpsearch.report import _Eta
+from hpsearch.recipe.estimate import Population, estimate_plan, plan_search
+from hpsearch.report.render import _Eta
 from hpsearch.spec import build_spec
 
 from helpers import run

@@ -25,10 +25,10 @@ from optuna.storages.journal import JournalFileOpenLock, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
 from hpsearch.errors import RuntimeFailure
-from hpsearch.journal import CHUNK, JournalLock, is_torn
-from hpsearch.search import run_search
+from hpsearch.search.run import run_search
 from hpsearch.spec import build_spec
-from hpsearch.storage import open_storage
+from hpsearch.storage.journal import CHUNK, JournalLock, is_torn
+from hpsearch.storage.store import open_storage
 
 from helpers import one_thread_env, plain_storage, plain_study, run, snapshot, study_trials, tiny
 

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from hpsearch import mnist1d
 from hpsearch.spec import make_config
-from hpsearch.tasks import load_task
+from hpsearch.tasks import mnist1d
+from hpsearch.tasks.builtin import load_task
 from hpsearch.train import train_population
 
 

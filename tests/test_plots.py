@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import optuna
 
-from hpsearch.plots import importance
+from hpsearch.report.plots import importance
 
 
 def test_importance_says_so_in_a_sentence_when_it_cannot_be_told():

@@ -5,7 +5,7 @@ from urllib.parse import quote
 
 import pytest
 
-from hpsearch.redact import redact, scrub
+from hpsearch.storage.redact import redact, scrub
 
 from helpers import run
 

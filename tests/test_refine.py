@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 import pytest
 
-from hpsearch.refine import half_step, neighbourhood
+from hpsearch.recipe.refine import half_step, neighbourhood
 
 from helpers import plain_storage, plain_study, run, tiny
 

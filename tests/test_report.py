@@ -15,7 +15,7 @@ import sys
 import optuna
 import pytest
 
-from hpsearch.storage import load_study, open_storage
+from hpsearch.storage.store import load_study, open_storage
 
 from helpers import plain_storage, plain_study, run, snapshot
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.results import diagnose, edge_flags, load_results, phase, rank, searched_ranges
+from hpsearch.report.results import diagnose, edge_flags, load_results, phase, rank, searched_ranges
 
 from helpers import plain_study, run
 

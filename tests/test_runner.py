@@ -7,10 +7,10 @@ import pytest
 from optuna.trial import TrialState
 
 from hpsearch.errors import Interrupted
-from hpsearch.runner import Strategy
-from hpsearch.samplers import TrialSeededRandom
-from hpsearch.search import run_search
-from hpsearch.signals import Stop
+from hpsearch.search.run import run_search
+from hpsearch.search.runner import Strategy
+from hpsearch.search.samplers import TrialSeededRandom
+from hpsearch.search.signals import Stop
 from hpsearch.spec import build_spec
 
 from helpers import plain_study

@@ -8,7 +8,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpsearch.errors import BadInput, Interrupted
-from hpsearch.search import run_search
+from hpsearch.search.run import run_search
 from hpsearch.spec import build_spec
 
 from helpers import TINY, completed_points
@@ -128,7 +128,7 @@ def test_random_and_tpe_prune_too(workdir):
 
 def test_tpe_does_not_train_a_configuration_twice_on_comma_lists():
     # A configuration's result depends only on its values and --seed: a repeat would teach TPE nothing.
-    from hpsearch.samplers import TrialSeededTPE
+    from hpsearch.search.samplers import TrialSeededTPE
 
     xs, ys = [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5]
     study = optuna.create_study(direction="maximize", sampler=TrialSeededTPE(0))

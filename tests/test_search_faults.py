@@ -10,7 +10,7 @@ import signal
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.search import run_search
+from hpsearch.search.run import run_search
 from hpsearch.spec import build_spec
 
 from helpers import run, study_trials, tiny, wait_for
@@ -124,7 +124,7 @@ def test_out_of_memory_splits_the_population_then_records_each_configuration_and
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_a_large_grid_is_queued_stops_it_between_chunks_keeping_what_was_queued(tmp_path, spawned,
                                                                                                signum, code):
-    from hpsearch.search import ENQUEUE_CHUNK
+    from hpsearch.search.run import ENQUEUE_CHUNK
 
     journal = tmp_path / "q.journal"
     # 1,000,000 points: queueing them all takes minutes; the signal comes once the first chunk is written

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import run
 from hpsearch import space
-from hpsearch.plots import importance, importance_chart
+from hpsearch.report.plots import importance, importance_chart
 from hpsearch.space import LOG, Param, make_config
 
 

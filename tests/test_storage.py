@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpsearch.errors import BadInput, RuntimeFailure
-from hpsearch.storage import open_storage
+from hpsearch.storage.store import open_storage
 
 from helpers import one_thread_env, plain_study, tiny
 

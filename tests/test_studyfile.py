@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpsearch.errors import BadInput
-from hpsearch.results import read_results
+from hpsearch.report.results import read_results
 from hpsearch.spec import PARAMS, parse_values
 from hpsearch.studyfile import KEYS, read_study_file
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hpsearch.errors import BadInput
-from hpsearch.tasks import load_task
+from hpsearch.tasks.builtin import load_task
 
 
 def test_digits_split_is_stratified_60_20_20(digits):

@@ -8,7 +8,7 @@ from torch import nn
 
 from hpsearch.errors import BadInput
 from hpsearch.spec import make_config
-from hpsearch.tasks import Task
+from hpsearch.tasks.builtin import Task
 from hpsearch.train import EpochReport, _fused_mlp, _vmapped, member_losses, resolve_device, train_population
 
 from helpers import TOL, close

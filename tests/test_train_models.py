@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hpsearch.spec import make_config
-from hpsearch.tasks import Task
+from hpsearch.tasks.builtin import Task
 from hpsearch.train import train_population
 
 from helpers import TOL, close, plain_study, run, tiny
@@ -154,7 +154,7 @@ def test_a_regression_task_runs_through_grid_minimising_validation_loss(workdir)
         assert trial.value == trial.user_attrs["val_loss"][-1]
         assert list(trial.intermediate_values.values()) == trial.user_attrs["val_loss"]
         assert not trial.user_attrs.get("val_accuracy")
-    from hpsearch.results import load_results
+    from hpsearch.report.results import load_results
 
     frame = load_results(["make-grid"])
     assert list(frame["val_loss"]) == sorted(frame["val_loss"]) and frame["rank"].tolist() == [1, 2, 3, 4]

@@ -20,9 +20,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.search import run_search
+from hpsearch.search.run import run_search
 from hpsearch.spec import StudySpec, build_spec
-from hpsearch.storage import open_storage
+from hpsearch.storage.store import open_storage
 
 from helpers import completed_points, run, study_trials, wait_for
 
@@ -33,7 +33,7 @@ POSTGRES = os.environ.get("HPSEARCH_TEST_POSTGRES")
 def forkserver():
     """Forks workers with torch and hpsearch imported, one thread each (as --jobs gives them on 2 cores)."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "hpsearch.search", "hpsearch.train", "hpsearch.tasks"])
+    ctx.set_forkserver_preload(["torch", "hpsearch.search.run", "hpsearch.train", "hpsearch.tasks.builtin"])
     before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # read by the forkserver when it starts
     ctx.Process(target=time.sleep, args=(0,)).start()
@@ -399,11 +399,11 @@ def test_the_jobs_bar_shows_the_best_value_stored_and_a_late_ctrl_c_claims_no_in
 
 @pytest.mark.parametrize("how", ["left by a process killed with kill -9", "whose process is long gone"])
 def test_lock_files_of_dead_workers_are_swept_and_live_ones_kept(tmp_path, one_thread, how):
-    from hpsearch.workers import Worker, _host
+    from hpsearch.search.workers import Worker, _host
 
     folder = tmp_path
     if how.startswith("left"):
-        code = "import sys, time; from pathlib import Path; from hpsearch.workers import Worker; " \
+        code = "import sys, time; from pathlib import Path; from hpsearch.search.workers import Worker; " \
                "Worker(Path(sys.argv[1])); print('ok', flush=True); time.sleep(600)"
         holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE)
         assert holder.stdout.readline() == b"ok\n"

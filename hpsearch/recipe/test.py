@@ -15,11 +15,11 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.errors import BadInput, RuntimeFailure
-from hpsearch.results import rank, trials_frame
-from hpsearch.records import (OUTCOME, SETTINGS_ATTR, TEST_ATTR, VAL_ACCURACY, VAL_LOSS, decode_params, made_by_hpsearch,
-                              not_hpsearch, param_config, write_test_result)
+from hpsearch.report.results import rank, trials_frame
+from hpsearch.search.records import (OUTCOME, SETTINGS_ATTR, TEST_ATTR, VAL_ACCURACY, VAL_LOSS, decode_params,
+                                     made_by_hpsearch, not_hpsearch, param_config, write_test_result)
 from hpsearch.spec import bounds_text, in_bounds, point_problem
-from hpsearch.storage import load_study, open_storage
+from hpsearch.storage.store import load_study, open_storage
 
 class AlreadyTested(BadInput):
     """The study's test result is recorded already; ``recorded`` holds it."""
@@ -30,7 +30,7 @@ class AlreadyTested(BadInput):
 
 
 def _chosen(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    """The trial to test: the study's best (``hpsearch.results.rank``), or trial ``number``, completed."""
+    """The trial to test: the study's best (``hpsearch.report.results.rank``), or trial ``number``, completed."""
     trials = study.get_trials(deepcopy=False)
     if number is None:
         ranked = rank(trials_frame(study))
@@ -77,7 +77,7 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
     config = param_config(chosen.params, int(settings["seed"]))
     epochs = int(settings["epochs"])
 
-    from hpsearch.tasks import load_task
+    from hpsearch.tasks.builtin import load_task
     from hpsearch.train import resolve_device, train_and_test
 
     task = load_task(str(settings["task"]), settings.get("target"), settings.get("kind")).to(resolve_device(device))

@@ -9,10 +9,10 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.records import (EPOCHS, OUTCOME, REASON, SECONDS, SETTINGS_ATTR, STOPPED_EPOCH, TEST_ATTR, claimable,
-                              decode_params, made_by_hpsearch, not_hpsearch)
+from hpsearch.search.records import (EPOCHS, OUTCOME, REASON, SECONDS, SETTINGS_ATTR, STOPPED_EPOCH, TEST_ATTR,
+                                     claimable, decode_params, made_by_hpsearch, not_hpsearch)
 from hpsearch.space import names as param_names, params as space_params
-from hpsearch.storage import load_study, open_storage
+from hpsearch.storage.store import load_study, open_storage
 
 _AFTER_PARAMS = [
     "epochs", "val_accuracy", "val_loss", "train_loss", "outcome", "stopped_epoch", "seconds", "reason",

@@ -2,7 +2,7 @@
 
 A task is what the trainer needs and nothing more. Built-in tasks are generated or bundled on the
 machine (never downloaded); users' own tasks (``--task FILE.py:NAME``, ``--data FILE``) come in
-through the same type (see hpsearch/usertasks.py).
+through the same type (see hpsearch/tasks/user.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from hpsearch.errors import RuntimeFailure
 from hpsearch.spec import BUILTIN_TASKS
-from hpsearch.tasktypes import KINDS, Split, Task, carve, mlp, note_once
+from hpsearch.tasks.task import KINDS, Split, Task, carve, mlp, note_once
 
 __all__ = ["KINDS", "Split", "Task", "carve", "digits", "load_task", "mlp", "mnist1d", "note_once"]
 
@@ -81,12 +81,12 @@ def mnist1d_cnn() -> nn.Module:
 
 
 def mnist1d() -> Task:
-    """MNIST-1D generated here (hpsearch/mnist1d.py): 3,200 / 800 / 1,000 examples, a 1-D CNN.
+    """MNIST-1D generated here (hpsearch/tasks/mnist1d.py): 3,200 / 800 / 1,000 examples, a 1-D CNN.
 
     The paper's 4,000 training examples give the training and (a stratified 20%, seed 0)
     validation splits; its 1,000 test examples are the test split.
     """
-    from hpsearch.mnist1d import dataset
+    from hpsearch.tasks.mnist1d import dataset
 
     x, y, x_test, y_test = (torch.from_numpy(a) for a in dataset())
     train, val = carve(y.numpy(), 0.2, stratified=True)
@@ -102,10 +102,10 @@ def load_task(name: str, target: str | None = None, kind: str | None = None) -> 
     """A task by its reference (cached: tasks are read-only).
 
     ``name``: a built-in task, ``FILE.py:FUNCTION`` or ``package.module:FUNCTION`` (a plug-in),
-    or a ``.npz`` / ``.csv`` data file (``target``: the CSV label column; ``kind``: see usertasks).
+    or a ``.npz`` / ``.csv`` data file (``target``: the CSV label column; ``kind``: see hpsearch.tasks.user).
     """
     if name in _BUILTIN:
         return _BUILTIN[name]()
-    from hpsearch.usertasks import load_user_task
+    from hpsearch.tasks.user import load_user_task
 
     return load_user_task(name, target, kind)

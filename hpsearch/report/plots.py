@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.results import Results
+from hpsearch.report.results import Results
 from hpsearch.space import names as param_names, param
 from hpsearch.space import params as space_params
 

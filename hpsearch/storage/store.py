@@ -19,8 +19,8 @@ import optuna
 from optuna.storages import BaseStorage
 
 from hpsearch.errors import BadInput, RuntimeFailure
-from hpsearch.journal import JournalFile, Repair, check_readable, not_a_journal, repair
-from hpsearch.redact import redact, remember, scrub
+from hpsearch.storage.journal import JournalFile, Repair, check_readable, not_a_journal, repair
+from hpsearch.storage.redact import redact, remember, scrub
 
 DEFAULT_JOURNAL = Path("studies") / "hpsearch.journal"
 ENV_VAR = "HPSEARCH_STORAGE"

@@ -3,8 +3,8 @@
 It opens the storage, enqueues a grid (or asks random / TPE in batches), hands plain
 configurations to an objective (hpsearch.objective), reports each epoch's metric to the trial,
 and tells the outcome. What it writes opens with plain ``optuna.load_study``; the stored-trial
-format is hpsearch.records's, the samplers and pruners hpsearch.samplers's. Several processes
-(``--jobs``, hpsearch.jobs; or other machines) run this same loop on one study.
+format is hpsearch.search.records's, the samplers and pruners hpsearch.search.samplers's. Several processes
+(``--jobs``, hpsearch.search.jobs; or other machines) run this same loop on one study.
 """
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from hpsearch import samplers, signals
 from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
 from hpsearch.objective import Failure, Objective, PopulationObjective
-from hpsearch.records import (SETTINGS_ATTR, Outcome, attempt, beat, claimable, fail, finished,
-                              not_hpsearch, param_config, queued_params, requeue, tell, write_settings)
+from hpsearch.search import samplers, signals
+from hpsearch.search.records import (SETTINGS_ATTR, Outcome, attempt, beat, claimable, fail, finished,
+                                     not_hpsearch, param_config, queued_params, requeue, tell, write_settings)
+from hpsearch.search.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere
 from hpsearch.space import names as param_names, param, params as space_params
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
-from hpsearch.storage import Store, open_storage, study_names
-from hpsearch.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere
+from hpsearch.storage.store import Store, open_storage, study_names
 
 if TYPE_CHECKING:
     from hpsearch.train import EpochReport
@@ -72,7 +72,7 @@ def _metric(spec: StudySpec) -> str:
         return spec.metric
     if spec.task in BUILTIN_TASKS:  # all classification: no need to load them
         return "val_accuracy"
-    from hpsearch.tasks import load_task
+    from hpsearch.tasks.builtin import load_task
 
     return "val_loss" if load_task(spec.task, spec.target, spec.kind).kind == "regression" else "val_accuracy"
 
@@ -394,7 +394,7 @@ def prepare_study(spec: StudySpec, strategy: Strategy = Strategy()) -> tuple[Stu
 
 def run_here(spec: StudySpec, progress: ProgressCallback | None = None, objective: Objective | None = None,
              strategy: Strategy = Strategy()) -> SearchOutcome:
-    """Run (or continue) the study ``spec`` describes in this process (see hpsearch.search.run_search)."""
+    """Run (or continue) the study ``spec`` describes in this process (see hpsearch.search.run.run_search)."""
     spec, store, study = prepare_study(spec, strategy)
     with signals.terminate_interrupts():
         runner = _Runner(spec, study, store, objective or PopulationObjective.for_spec(spec), strategy, progress)

@@ -36,8 +36,8 @@ from torch import nn
 
 from hpsearch.errors import BadInput, HpsearchError
 from hpsearch.spec import DATA_SUFFIXES, task_reference
-from hpsearch.tasktypes import KINDS, Split, Task, carve, mlp, note_once
-from hpsearch.train import require_trainable
+from hpsearch.tasks.task import KINDS, Split, Task, carve, mlp, note_once, require_trainable
+
 
 CARVED = 0.2  # the share of the given training data carved out for each missing split
 MIN_ROWS = 2  # per split, after carving: fewer has no spread to standardise with and nothing to rank on

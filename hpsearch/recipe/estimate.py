@@ -23,7 +23,7 @@ from hpsearch.space import names as param_names
 from hpsearch.spec import StudySpec, make_config
 
 if TYPE_CHECKING:
-    from hpsearch.tasks import Task
+    from hpsearch.tasks.builtin import Task
 
 PROBE_STEPS = 5  # steps per measured epoch: enough to average, cheap even at 500 ms a step
 PROBE_EPOCHS = 3  # the median counts: the first pays one-off allocations, any of them a busy machine's spike
@@ -75,7 +75,7 @@ def plan_search(spec: StudySpec) -> Plan:
             sizes = Counter(int(p["batch_size"]) for p in points[start:start + spec.max_population])
             populations += [Population(size, count) for size, count in sizes.items()]
         return Plan(spec, points, len(points), len(finished), populations)
-    from hpsearch.search import Strategy
+    from hpsearch.search.run import Strategy
 
     ask_batch = Strategy().batch(spec)
     remaining = max(0, (spec.trials or 0) - len(finished))
@@ -90,12 +90,12 @@ def plan_search(spec: StudySpec) -> Plan:
 
 def _finished_points(spec: StudySpec) -> list[tuple[float, ...]]:
     """The configurations of the study's finished trials; none when the storage or the study does not exist yet."""
-    from hpsearch.storage import storage_location
+    from hpsearch.storage.store import storage_location
 
     location = storage_location(spec.storage)
     if location.startswith("sqlite:///") and not Path(location.removeprefix("sqlite:///")).exists():
         return []  # opening it would create it
-    from hpsearch.results import load_results
+    from hpsearch.report.results import load_results
 
     try:
         frame = load_results([spec.study], spec.storage)
@@ -171,7 +171,7 @@ def estimate_search(spec: StudySpec) -> tuple[Plan, Estimate]:
     """Plan ``spec``'s run and estimate its time: loads the task, trains a few steps, writes nothing."""
     plan = plan_search(spec)
     started = time.perf_counter()
-    from hpsearch.tasks import load_task  # importing torch counts: a search in a new process pays it too
+    from hpsearch.tasks.builtin import load_task  # importing torch counts: a search in a new process pays it too
     from hpsearch.train import resolve_device
 
     task = load_task(spec.task, spec.target, spec.kind).to(resolve_device(spec.device))

@@ -1,6 +1,6 @@
 """What a task is: a model factory and the train / validation / test tensors (``hpsearch.Task``).
 
-Built-in tasks are hpsearch.tasks's, users' own hpsearch.usertasks's; both build on this.
+Built-in tasks are hpsearch.tasks.builtin's, users' own hpsearch.tasks.user's; both build on this.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from hpsearch.errors import BadInput
 
 Split = tuple[torch.Tensor, torch.Tensor]
 _SAID: set[str] = set()  # notes already given in this process
@@ -50,7 +52,7 @@ class Task:
                  "regression" (mean squared error; objective: validation loss, minimised)
 
     ``load_task`` checks a task and fills in missing splits; the trainer needs all three, each
-    of at least 2 rows (usertasks.MIN_ROWS).
+    of at least 2 rows (tasks.user.MIN_ROWS).
     """
 
     name: str
@@ -82,3 +84,12 @@ def carve(y: np.ndarray, fraction: float, stratified: bool, seed: int = 0) -> tu
     mask = np.zeros(len(y), dtype=bool)
     mask[out] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def require_trainable(model: nn.Module, where: str) -> None:
+    """Refuse a model with nothing to train: every search would rank untrained copies of it."""
+    if not any(p.requires_grad for p in model.parameters()):
+        total = sum(p.numel() for p in model.parameters())
+        what = f"all {total:,} of its parameters have requires_grad=False" if total else "it has no parameters"
+        raise BadInput(f"{where}: the {type(model).__name__} model has no trainable parameter ({what}); "
+                       "unfreeze the parameters to tune")

@@ -1,7 +1,7 @@
 """``--jobs N``: worker processes on one machine sharing one study, one progress bar, one Ctrl-C.
 
-Each worker runs hpsearch.runner's loop; who is alive and what a dead worker leaves behind is
-hpsearch.workers's.
+Each worker runs hpsearch.search.runner's loop; who is alive and what a dead worker leaves behind is
+hpsearch.search.workers's.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError, Interrupted, RuntimeFailure
-from hpsearch.records import OUTCOME, WORKER_ATTR, Outcome, finished
-from hpsearch.runner import Progress, ProgressCallback, SearchOutcome, best_value, prepare_study, run_here
+from hpsearch.search.records import OUTCOME, WORKER_ATTR, Outcome, finished
+from hpsearch.search.runner import Progress, ProgressCallback, SearchOutcome, best_value, prepare_study, run_here
+from hpsearch.search.workers import Worker, lock_folder, running_elsewhere
 from hpsearch.spec import StudySpec
-from hpsearch.storage import Store
-from hpsearch.workers import Worker, lock_folder, running_elsewhere
+from hpsearch.storage.store import Store
 
 POLL_S = 0.5  # how often the parent reads the study for its progress bar
 
@@ -70,7 +70,7 @@ def _stopped_signal(code: int | None) -> int | None:
 def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> SearchOutcome:
     """Run ``spec.jobs`` worker processes on one study; show one progress bar; Ctrl-C / SIGTERM reach all.
 
-    Each worker is ``python -m hpsearch.jobs`` in its own session (so a terminal's Ctrl-C reaches
+    Each worker is ``python -m hpsearch.search.jobs`` in its own session (so a terminal's Ctrl-C reaches
     the parent only, which passes it on once), given its StudySpec on stdin, which stays open: the
     worker stops when it closes (the parent died), see ``_die_with_parent``.
 
@@ -103,7 +103,7 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
         for device, log in zip(worker_devices(spec.device, spec.jobs), logs):
             if stopped:
                 break
-            proc = subprocess.Popen([sys.executable, "-m", "hpsearch.jobs"], stdin=subprocess.PIPE, env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "hpsearch.search.jobs"], stdin=subprocess.PIPE, env=env,
                                     stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
             procs.append(proc)
             assert proc.stdin is not None

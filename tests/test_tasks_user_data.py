@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hpsearch.tasks import load_task
+from hpsearch.tasks.builtin import load_task
 
 from helpers import run, tiny
 

@@ -1,4 +1,4 @@
-"""Workers: who runs which trial, and whether that worker is still alive (``--jobs`` is hpsearch.jobs).
+"""Workers: who runs which trial, and whether that worker is still alive (``--jobs`` is hpsearch.search.jobs).
 
 Optuna records a trial as RUNNING and nothing more: a worker killed with kill -9, by the OOM killer
 or by a power cut leaves its trials RUNNING forever, and the journal store has no heartbeat. So
@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.records import HEARTBEAT_ATTR, WORKER_ATTR, Outcome, beat_by_id, fail, requeue, sign
+from hpsearch.search.records import HEARTBEAT_ATTR, WORKER_ATTR, Outcome, beat_by_id, fail, requeue, sign
 
 if TYPE_CHECKING:
-    from hpsearch.storage import Store
+    from hpsearch.storage.store import Store
 
 HEARTBEAT_S = 30.0  # PostgreSQL: how often the heartbeat thread writes
 GRACE_S = 300.0  # a trial whose worker (on another machine) was silent this long is dead

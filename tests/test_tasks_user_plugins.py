@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hpsearch.errors import BadInput
-from hpsearch.tasks import load_task
+from hpsearch.tasks.builtin import load_task
 
 from helpers import ROOT, run, tiny
 

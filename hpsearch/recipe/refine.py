@@ -22,7 +22,7 @@ natural scale (log for learning rate and weight decay, powers of two for batch s
 The default sampler is a grid of the union of the top trials' neighbourhoods (each one a product
 over the parameters), without duplicates; random and TPE sample inside the envelope (lowest to
 highest refined value of each parameter). Values are rounded to 3 significant digits (momentum:
-1 - m), so neighbourhoods that meet share their points. Reads studies through ``hpsearch.results``;
+1 - m), so neighbourhoods that meet share their points. Reads studies through ``hpsearch.report.results``;
 no torch.
 """
 from __future__ import annotations
@@ -36,23 +36,23 @@ import optuna
 import pandas as pd
 
 from hpsearch.errors import BadInput
-from hpsearch.results import Results, edge_flags, read_results, searched_ranges
-from hpsearch.records import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
+from hpsearch.report.results import Results, edge_flags, read_results, searched_ranges
+from hpsearch.search.records import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
 from hpsearch.space import grid_order, names as param_names, param
 from hpsearch.spec import (
-    Dimension,
-    Range,
-    SearchSpace,
-    StudySpec,
-    bounds_text,
-    build_spec,
-    check_int,
-    fmt,
-    in_bounds,
-    make_config,
-    point_problem,
-)
-from hpsearch.storage import open_storage, study_names
+                           Dimension,
+                           Range,
+                           SearchSpace,
+                           StudySpec,
+                           bounds_text,
+                           build_spec,
+                           check_int,
+                           fmt,
+                           in_bounds,
+                           make_config,
+                           point_problem,
+                           )
+from hpsearch.storage.store import open_storage, study_names
 
 DEFAULT_TOP = 3
 SAMPLERS = ("grid", "random", "tpe")

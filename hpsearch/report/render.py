@@ -19,14 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.errors import BadInput
-from hpsearch.results import DIAGNOSIS_RULES, Results, phase
+from hpsearch.report.results import DIAGNOSIS_RULES, Results, phase
 from hpsearch.space import names as param_names, param
 from hpsearch.space import params as space_params
 from hpsearch.studyfile import study_file_text
 
 if TYPE_CHECKING:
-    from hpsearch.estimate import Estimate, Plan
-    from hpsearch.search import Progress as SearchProgress
+    from hpsearch.recipe.estimate import Estimate, Plan
+    from hpsearch.search.run import Progress as SearchProgress
 
 _OTHER_HEADERS = {  # two-line headers keep the table inside an 80-column terminal
     "epochs": "\nepochs", "val_accuracy": "val\nacc", "delta": "vs\nbest",
@@ -129,7 +129,7 @@ def progress_bar(console: Console, description: str,
                  estimate: float | None = None) -> Iterator[Callable[[SearchProgress], None]]:
     """A live bar: trials done of total, best so far, elapsed time and ETA. Yields the update callback.
 
-    ``estimate``: the search's seconds as estimated before it started (hpsearch/estimate.py); the
+    ``estimate``: the search's seconds as estimated before it started (hpsearch/recipe/estimate.py); the
     ETA counts it down until the trials' own pace is known.
     """
     columns = (
@@ -324,7 +324,7 @@ def to_html(results: Results, frame: pd.DataFrame) -> str:
     import base64
     import html
 
-    from hpsearch.plots import figures, importances, png
+    from hpsearch.report.plots import figures, importances, png
 
     esc = html.escape
     names = ", ".join(results.studies)
@@ -410,7 +410,7 @@ def check_output(path: Path, storage: str | None, option: str, what: str, ours: 
 
     A new file, an empty one, /dev/null or a pipe are fine. Check every output before writing any.
     """
-    from hpsearch.storage import is_storage_file, redact, storage_location
+    from hpsearch.storage.store import is_storage_file, redact, storage_location
 
     if is_storage_file(path, storage):
         raise BadInput(f"{option} {path} is a file of the storage {redact(storage_location(storage))}; "
@@ -439,7 +439,7 @@ def check_report_output(path: Path, fmt: str, storage: str | None) -> None:
 
 def check_plot_folder(folder: Path, storage: str | None) -> None:
     """Refuse (BadInput) a --plots folder where writing the plots would overwrite the storage or a file that is not a PNG."""
-    from hpsearch.plots import IMPORTANCE, LOSS_CURVES, METRIC_VS_LR, PNG_MAGIC
+    from hpsearch.report.plots import IMPORTANCE, LOSS_CURVES, METRIC_VS_LR, PNG_MAGIC
 
     if folder.exists() and not folder.is_dir():
         raise BadInput(f"--plots {folder} is not a folder; give the path of a folder for the PNG files")

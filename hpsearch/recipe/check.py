@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from hpsearch.estimate import SLOW_STEP_MS, measure, step_ms
+from hpsearch.recipe.estimate import SLOW_STEP_MS, measure, step_ms
 from hpsearch.spec import check_int, make_config
-from hpsearch.tasks import Task
-from hpsearch.train import EpochReport, member_losses, require_trainable, train_population
+from hpsearch.tasks.builtin import Task
+from hpsearch.tasks.task import require_trainable
+from hpsearch.train import EpochReport, member_losses, train_population
 
 OVERFIT_BATCH = 32
 OVERFIT_STEPS = 500

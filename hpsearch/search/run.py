@@ -1,14 +1,14 @@
 """The search: run (or continue) a study, in this process or in ``--jobs`` worker processes.
 
-The loop itself (ask a batch -> objective -> tell) is hpsearch.runner's; the worker processes are
-hpsearch.jobs's. This is the search's public entry point.
+The loop itself (ask a batch -> objective -> tell) is hpsearch.search.runner's; the worker processes are
+hpsearch.search.jobs's. This is the search's public entry point.
 """
 from __future__ import annotations
 
-from hpsearch.jobs import run_jobs
 from hpsearch.objective import Objective
-from hpsearch.runner import (ENQUEUE_CHUNK, Progress, ProgressCallback, SearchOutcome, Strategy, prepare_study,
-                             run_here)
+from hpsearch.search.jobs import run_jobs
+from hpsearch.search.runner import (ENQUEUE_CHUNK, Progress, ProgressCallback, SearchOutcome, Strategy, prepare_study,
+                                    run_here)
 from hpsearch.spec import StudySpec
 
 __all__ = ["ENQUEUE_CHUNK", "Progress", "ProgressCallback", "SearchOutcome", "Strategy", "prepare_study", "run_search"]

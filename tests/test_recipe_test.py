@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpsearch.records import param_config
+from hpsearch.search.records import param_config
 from hpsearch.train import member_losses, train_and_test
 
 from helpers import TOL, plain_study, run
