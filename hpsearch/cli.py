@@ -5,7 +5,6 @@ Heavy imports (torch, optuna, pandas) happen inside the commands, so ``--help`` 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -138,6 +137,20 @@ class _SampledCommand(_SearchCommand):
     sampled = True
 
 
+STORAGE_OPTION = click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
+                              "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
+DEVICE_OPTION = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
+WORKER_OPTIONS = [  # how a search runs: shared by the searches and `refine`
+    click.option("--jobs", type=int, default=1, show_default=True,
+                 help="Worker processes sharing the study (on several GPUs, one per device in turn). "
+                 "Workers started by hand on the same study cooperate the same way."),
+    click.option("--retries", type=int, default=DEFAULT_RETRIES, show_default=True,
+                 help="Re-runs of a configuration whose training raised an error, before it counts as failed."),
+    click.option("--max-points", type=int, default=MAX_POINTS, show_default=True,
+                 help="The largest grid (and counted range) to take; a larger one is refused as a likely typo."),
+]
+
+
 def _search_options(sampled: bool) -> Callable[[Callable], Callable]:
     options = [
         CONFIG_OPTION,
@@ -148,18 +161,11 @@ def _search_options(sampled: bool) -> Callable[[Callable], Callable]:
                      help="Seed; each configuration's seed derives from it and the values."),
         click.option("--study", help="Study name. [default: TASK-COMMAND, e.g. digits-grid; for your own task "
                      "its function name, for --data the file name, e.g. my_task-grid]"),
-        click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
-                     "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]"),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX."),
+        STORAGE_OPTION,
+        DEVICE_OPTION,
         click.option("--prune", type=click.Choice(PRUNERS), default="none", show_default=True,
                      help="Stop poor trials early (Optuna's pruners); pruned members leave the population."),
-        click.option("--jobs", type=int, default=1, show_default=True,
-                     help="Worker processes sharing the study (on several GPUs, one per device in turn). "
-                     "Workers started by hand on the same study cooperate the same way."),
-        click.option("--retries", type=int, default=DEFAULT_RETRIES, show_default=True,
-                     help="Re-runs of a configuration whose training raised an error, before it counts as failed."),
-        click.option("--max-points", type=int, default=MAX_POINTS, show_default=True,
-                     help="The largest grid (and counted range) to take; a larger one is refused as a likely typo."),
+        *WORKER_OPTIONS,
     ]
     if sampled:
         options.append(click.option("--trials", type=int, default=DEFAULT_TRIALS, show_default=True,
@@ -181,8 +187,8 @@ def _run(command: str, spec: Any = None, **flags: Any) -> None:  # noqa: ANN401 
     """Run a search (``spec``, else one built from the flags) with a live progress bar, then print the ranked table."""
     import time
 
-    from hpsearch.report.render import best_line, failure_lines, progress_bar, table
-    from hpsearch.report.results import load_results
+    from hpsearch.report.render import outcome_lines, print_ranked, progress_bar
+    from hpsearch.report.results import read_results
     from hpsearch.search.run import run_search
     from hpsearch.spec import build_spec
 
@@ -193,39 +199,24 @@ def _run(command: str, spec: Any = None, **flags: Any) -> None:  # noqa: ANN401 
         _dry_run(spec)
         return
     bar = _console(stderr=True)
-    estimate = None
+    eta = None
     if bar.is_terminal and spec.jobs == 1:  # the bar is shown: its ETA starts from a few measured steps
-        from hpsearch.recipe.estimate import estimate_search
+        from hpsearch.recipe.estimate import training_seconds
 
-        measured = estimate_search(spec)[1]
-        estimate = measured.seconds - measured.startup
+        eta = training_seconds(spec)
     interrupted: Interrupted | None = None
     started = time.perf_counter()
-    with progress_bar(bar, f"{command} {spec.study}", estimate) as update:
+    with progress_bar(bar, f"{command} {spec.study}", eta) as update:
         try:
             outcome = run_search(spec, update)
         except Interrupted as error:
             interrupted, outcome = error, None
     seconds = time.perf_counter() - started
-    frame = load_results([spec.study], spec.storage)
     console = _console()
-    console.print(table(frame, TOP_ROWS, title=f"Study {spec.study}: best first", width=console.width))
-    for line in failure_lines(frame):
-        console.print(line, style="red")
-    console.print(best_line(frame))
+    print_ranked(console, read_results([spec.study], spec.storage), TOP_ROWS, notes=False)
     if outcome is not None:
-        elsewhere = outcome.running_elsewhere
-        if outcome.trained == 0 and elsewhere:
-            console.print(f"Nothing to start: the {elsewhere} trials left of study '{spec.study}' are still running in "
-                          f"other processes ({outcome.already} finished).")
-        elif outcome.trained == 0:
-            console.print(f"Nothing to train: study '{spec.study}' already has its {outcome.already} trials.")
-        else:
-            failed = f", {outcome.failed} failed" if outcome.failed else ""
-            console.print(f"Trained {outcome.trained} trials{failed} in {seconds:.1f} s; "
-                          f"{outcome.already + outcome.trained} in study '{spec.study}' ({outcome.storage})"
-                          + (f"; {elsewhere} more still running in other processes." if elsewhere else "."))
-        console.print(f"All rows: hpsearch report {spec.study}")
+        for line in outcome_lines(outcome, spec.study, seconds):
+            console.print(line)
         for warning in outcome.warnings:
             click.echo(f"Warning: {warning}", err=True)
     if interrupted is not None:
@@ -321,9 +312,9 @@ def tpe(**flags: Any) -> None:
 @click.option("--study", help="Study name. [default: FIRST-SOURCE-refine]")
 @click.option("--seed", type=int, help="Seed. [default: the first source's]")
 @click.option("--prune", type=click.Choice(PRUNERS), help="Pruner. [default: the first source's]")
-@click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
-              "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
+@STORAGE_OPTION
+@DEVICE_OPTION
+@_apply(WORKER_OPTIONS)
 @click.option("--show", is_flag=True, help="Print the refined space and its configurations; train nothing.")
 @DRY_RUN_OPTION
 @CONFIG_OPTION
@@ -345,6 +336,7 @@ def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) 
       hpsearch refine --config studies/fine.toml    # from a study file (report --format toml writes one)
       hpsearch refine --from coarse --study fine
       hpsearch refine --from coarse --sampler tpe --trials 30 --study fine-tpe
+      hpsearch refine --from coarse --study fine --jobs 2   # 2 worker processes share it
     """
     from hpsearch.recipe.refine import refine_spec
 
@@ -368,10 +360,9 @@ def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) 
 @click.option("--study", "name", required=True, help="The study whose chosen configuration to test.")
 @click.option("--trial", type=int, help="Test this trial's configuration. [default: the study's best]")
 @click.option("--force", is_flag=True, help="Evaluate again although a test result is recorded (the record says so).")
-@click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
-              "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
-def final(name: str, trial: int | None, force: bool, storage: str | None, device: str) -> None:
+@STORAGE_OPTION
+@DEVICE_OPTION
+def test_split(name: str, trial: int | None, force: bool, storage: str | None, device: str) -> None:
     """The end of the recipe: evaluate the chosen configuration once on the test split.
 
     \b
@@ -396,7 +387,7 @@ def final(name: str, trial: int | None, force: bool, storage: str | None, device
 
 @main.command()
 @_apply(TASK_OPTIONS)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
+@DEVICE_OPTION
 @click.option("--population", type=click.IntRange(*INT_BOUNDS["population"]), default=64, show_default=True,
               help="Members of the population whose step time (and on CUDA, memory) is measured.")
 def check(device: str, population: int, **what: Any) -> None:
@@ -413,14 +404,9 @@ def check(device: str, population: int, **what: Any) -> None:
       hpsearch check --task digits
       hpsearch check --task examples/my_task.py:spirals --device cuda
     """
-    from hpsearch.recipe.check import run_checks
-    from hpsearch.spec import task_reference
-    from hpsearch.tasks.builtin import load_task
-    from hpsearch.train import resolve_device
+    from hpsearch.recipe.check import check_setup
 
-    ref, _ = task_reference(**what)
-    task = load_task(ref, what["target"], what["kind"]).to(resolve_device(device))
-    findings = run_checks(task, population)
+    task, findings = check_setup(**what, device=device, population=population)
     for finding in findings:
         click.secho(f"{'warning' if finding.warning else 'ok':>7}  {finding.check}: {finding.text}",
                     fg="yellow" if finding.warning else None)
@@ -441,7 +427,7 @@ def check(device: str, population: int, **what: Any) -> None:
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Also write PNG plots into DIR: loss curves, accuracy against learning rate, importances.")
 @click.option("--top", type=click.IntRange(*INT_BOUNDS["top"]), help="Only the best N rows.")
-@click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL.")
+@STORAGE_OPTION
 def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path | None, top: int | None,
            storage: str | None) -> None:
     """Show the ranked trials of one or more studies, best first; without a study, list the studies.
@@ -462,48 +448,36 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
       hpsearch report coarse --format markdown --plots plots/
       hpsearch report coarse --format toml --output studies/coarse.toml
     """
-    from hpsearch.report.render import (FORMATS, best_line, check_plot_folder, check_report_output, edge_lines,
-                                        failure_lines, studies_table, table, test_lines)
+    from hpsearch.report.render import (check_plot_folder, check_report_output, default_output, print_ranked,
+                                        report_text, studies_table)
     from hpsearch.report.results import list_studies, read_results
 
     if not studies:
         _console().print(studies_table(list_studies(storage)))
         return
     results = read_results(studies, storage)
-    frame = results.frame if top is None else results.frame.head(top)
-    if fmt == "html" and output is None:
-        output = Path(re.sub(r"[^\w.+-]+", "_", "+".join(studies)) + ".html")
+    output = output if output is not None else default_output(studies, fmt)
     if output is not None:  # every path checked before anything is written: never over the storage, nor a stranger's file
         check_report_output(output, fmt, storage)
     if plots is not None:
         check_plot_folder(plots, storage)
-    text = FORMATS[fmt](results, frame) if fmt != "table" else ""  # may refuse (toml of two studies): before any write
+    if output is None and fmt == "table":
+        text = None
+    else:
+        text = report_text(results, fmt, top)  # may refuse (toml of two studies): before any write
     if plots is not None:
         _write_plots(results, plots)
-    if fmt != "table":
-        if output is None:
-            click.echo(text, nl=False)
-            return
+    if text is None:
+        print_ranked(_console(), results, top)
+    elif output is None:
+        click.echo(text, nl=False)
     else:
-        import io
-
-        from rich.console import Console
-
-        console = _console() if output is None else Console(record=True, width=200, file=io.StringIO())
-        console.print(table(results.frame, top, title=f"Study {', '.join(studies)}: best first", width=console.width))
-        for line in failure_lines(frame):
-            console.print(line, style="red")
-        console.print(best_line(frame))
-        for line in edge_lines(frame) + test_lines(results):
-            console.print(line, style="yellow")
-        if output is None:
-            return
-        text = console.export_text()
-    try:
-        output.write_text(text)
-    except OSError as error:
-        raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
-    click.echo(f"Wrote {len(frame)} rows to {output}", err=True)
+        try:
+            output.write_text(text)
+        except OSError as error:
+            raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
+        rows = len(results.frame) if top is None else min(top, len(results.frame))
+        click.echo(f"Wrote {rows} rows to {output}", err=True)
 
 
 def _write_plots(results: Any, folder: Path) -> None:  # a results.Results

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 
 import numpy as np
@@ -167,3 +168,17 @@ def test_a_source_without_completed_trials_or_of_another_task_exits_2(storage, w
                "--batch-size", "8", "--epochs", "1", "--storage", storage).exit_code == 0
     result = run("refine", "--from", "coarse", "--from", "other", "--storage", storage)
     assert result.exit_code == 2 and "of task " + str(data) in result.stderr, result.output
+
+
+def test_refine_takes_the_searches_worker_options(storage):
+    """--jobs, --retries and --max-points mean for refine what they mean for grid (one option group)."""
+    result = run("refine", "--from", "coarse", "--study", "fine", "--epochs", "1", "--jobs", "2", "--retries", "0",
+                 "--storage", storage)
+    assert result.exit_code == 0, result.output
+    fine = plain_study("fine", storage)
+    points = [tuple(sorted(t.params.items())) for t in fine.get_trials()]
+    assert len(completed(fine)) == len(points) == len(set(points)) > 2  # every refined point once, by 2 workers
+    pids = {int(t.user_attrs["worker"].split(":")[1]) for t in fine.get_trials()}
+    assert os.getpid() not in pids  # trained by --jobs worker processes, not in this one
+    refused = run("refine", "--from", "coarse", "--study", "small", "--max-points", "2", "--storage", storage)
+    assert refused.exit_code == 2 and "--max-points" in refused.output and "Traceback" not in refused.output

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from hpsearch.recipe.estimate import SLOW_STEP_MS, measure, step_ms
-from hpsearch.spec import check_int, make_config
-from hpsearch.tasks.builtin import Task
-from hpsearch.tasks.task import require_trainable
-from hpsearch.train import EpochReport, member_losses, train_population
+from hpsearch.spec import check_int, make_config, task_reference
+from hpsearch.tasks.builtin import load_task
+from hpsearch.tasks.task import Task, require_trainable
+from hpsearch.train import EpochReport, member_losses, resolve_device, train_population
 
 OVERFIT_BATCH = 32
 OVERFIT_STEPS = 500
@@ -35,6 +35,14 @@ class Finding:
     check: str  # parameters | initial loss | outputs | overfit | step time | memory
     text: str
     warning: bool = False
+
+
+def check_setup(task: str | None = None, data: str | None = None, target: str | None = None, kind: str | None = None,
+                device: str = "auto", population: int = 64) -> tuple[Task, list[Finding]]:
+    """``hpsearch check``: the task named as a search names it (--task, or --data), on ``device``, checked."""
+    reference, _ = task_reference(task, data, target, kind)
+    loaded = load_task(reference, target, kind).to(resolve_device(device))
+    return loaded, run_checks(loaded, population)
 
 
 def run_checks(task: Task, population: int = 64, overfit_steps: int = OVERFIT_STEPS) -> list[Finding]:

@@ -178,3 +178,9 @@ def estimate_search(spec: StudySpec) -> tuple[Plan, Estimate]:
     startup = time.perf_counter() - started if plan.to_train else 0.0
     estimate = estimate_plan(plan, task)
     return plan, replace(estimate, seconds=estimate.seconds + startup, startup=startup)
+
+
+def training_seconds(spec: StudySpec) -> float:
+    """The estimated seconds of training left in ``spec``'s run in this process (a progress bar's first ETA)."""
+    measured = estimate_search(spec)[1]
+    return measured.seconds - measured.startup

@@ -40,18 +40,20 @@ from hpsearch.report.results import Results, edge_flags, read_results, searched_
 from hpsearch.search.records import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
 from hpsearch.space import grid_order, names as param_names, param
 from hpsearch.spec import (
-                           Dimension,
-                           Range,
-                           SearchSpace,
-                           StudySpec,
-                           bounds_text,
-                           build_spec,
-                           check_int,
-                           fmt,
-                           in_bounds,
-                           make_config,
-                           point_problem,
-                           )
+    DEFAULT_RETRIES,
+    MAX_POINTS,
+    Dimension,
+    Range,
+    SearchSpace,
+    StudySpec,
+    bounds_text,
+    build_spec,
+    check_int,
+    fmt,
+    in_bounds,
+    make_config,
+    point_problem,
+)
 from hpsearch.storage.store import open_storage, study_names
 
 DEFAULT_TOP = 3
@@ -282,6 +284,9 @@ def refine_spec(
     prune: str | None = None,
     storage: str | None = None,
     device: str = "auto",
+    jobs: int = 1,
+    retries: int = DEFAULT_RETRIES,
+    max_points: int = MAX_POINTS,
 ) -> Refinement:
     """The refined study around the best ``top`` completed trials of ``sources`` (read, never written).
 
@@ -325,6 +330,7 @@ def refine_spec(
                       kind=first.get("kind"), epochs=epochs,  # type: ignore[arg-type]
                       seed=seed,
                       trials=trials, study=target, storage=storage, device=device,
+                      jobs=jobs, retries=retries, max_points=max_points,
                       prune=str(first.get("prune", "none")) if prune is None else prune)
     spec = replace(spec, space=_envelope(hoods, sampled=sampler != "grid"),
                    points=points if sampler == "grid" else None, source=source)

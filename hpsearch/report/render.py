@@ -8,7 +8,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import pandas as pd
 from rich import box
@@ -27,6 +27,7 @@ from hpsearch.studyfile import study_file_text
 if TYPE_CHECKING:
     from hpsearch.recipe.estimate import Estimate, Plan
     from hpsearch.search.run import Progress as SearchProgress
+    from hpsearch.search.run import SearchOutcome
 
 _OTHER_HEADERS = {  # two-line headers keep the table inside an 80-column terminal
     "epochs": "\nepochs", "val_accuracy": "val\nacc", "delta": "vs\nbest",
@@ -445,3 +446,47 @@ def check_plot_folder(folder: Path, storage: str | None) -> None:
         raise BadInput(f"--plots {folder} is not a folder; give the path of a folder for the PNG files")
     for name in (LOSS_CURVES, METRIC_VS_LR, IMPORTANCE):
         check_output(folder / name, storage, "--plots", "a PNG plot", lambda head: head.startswith(PNG_MAGIC))
+
+
+def default_output(studies: Sequence[str], fmt: str) -> Path | None:
+    """Where ``report`` writes when --output is not given: an HTML page is a file (STUDY.html), the rest the terminal."""
+    return Path(re.sub(r"[^\w.+-]+", "_", "+".join(studies)) + ".html") if fmt == "html" else None
+
+
+def print_ranked(console: Console, results: Results, top: int | None, notes: bool = True) -> None:
+    """The ranked table (its ``top`` rows), the failures, the ``Best:`` line and (``notes``) the range-edge and
+    test-split notes."""
+    frame = results.frame  # the lines below speak of every trial, whatever ``top`` leaves out of the table
+    console.print(table(frame, top, title=f"Study {', '.join(results.studies)}: best first", width=console.width))
+    for line in failure_lines(frame):
+        console.print(line, style="red")
+    console.print(best_line(frame))
+    for line in (edge_lines(frame) + test_lines(results)) if notes else []:
+        console.print(line, style="yellow")
+
+
+def report_text(results: Results, fmt: str, top: int | None) -> str:
+    """The report as the text of a file: a format of FORMATS, or the terminal's table without colour."""
+    if fmt != "table":
+        return FORMATS[fmt](results, results.frame if top is None else results.frame.head(top))
+    import io
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_ranked(console, results, top)
+    return console.export_text()
+
+
+def outcome_lines(outcome: SearchOutcome, study: str, seconds: float) -> list[str]:
+    """What a search did, after its table: trained, failed, or why nothing was trained."""
+    elsewhere = outcome.running_elsewhere
+    if outcome.trained == 0 and elsewhere:
+        said = (f"Nothing to start: the {elsewhere} trials left of study '{study}' are still running in "
+                f"other processes ({outcome.already} finished).")
+    elif outcome.trained == 0:
+        said = f"Nothing to train: study '{study}' already has its {outcome.already} trials."
+    else:
+        failed = f", {outcome.failed} failed" if outcome.failed else ""
+        said = (f"Trained {outcome.trained} trials{failed} in {seconds:.1f} s; "
+                f"{outcome.already + outcome.trained} in study '{study}' ({outcome.storage})"
+                + (f"; {elsewhere} more still running in other processes." if elsewhere else "."))
+    return [said, f"All rows: hpsearch report {study}"]
