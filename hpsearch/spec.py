@@ -18,7 +18,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Literal, Mapping, get_args
 
 from hpsearch.errors import BadInput
 from hpsearch.space import (BATCH_BOUNDS, MAX_POINTS, Config, Dimension, Param, Range, SearchSpace, fmt, make_config,
@@ -31,7 +31,8 @@ COMMANDS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha", "hyperband")
 BUILTIN_TASKS = ("digits", "mnist1d")
 DATA_SUFFIXES = (".npz", ".csv")  # a task reference ending so is a data file (--data)
-KINDS = ("classification", "regression")
+Kind = Literal["classification", "regression"]  # what a task predicts: its loss and its objective
+KINDS: tuple[Kind, ...] = get_args(Kind)
 TASK_FORMS = "FILE.py:FUNCTION, package.module:FUNCTION, or --data FILE.npz|FILE.csv"
 
 DEFAULT_EPOCHS = 5  # "a few epochs": enough to rank a coarse grid, as in the recipe
@@ -210,7 +211,7 @@ class StudySpec:
     # and falls at 256 as the batch leaves the cache; it also bounds memory.
     max_population: int = 64
     target: str | None = None  # a CSV data file's label column
-    kind: str | None = None  # a data file's kind; None: from its targets (see hpsearch.tasks.user)
+    kind: Kind | None = None  # a data file's kind; None: from its targets (see hpsearch.tasks.user)
     # The objective: "val_accuracy" (maximised, classification) or "val_loss" (minimised,
     # regression); None until the search has loaded the task and knows its kind.
     metric: str | None = None

@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from hpsearch.errors import BadInput
-from hpsearch.spec import Config
+from hpsearch.spec import Config, Kind
 from hpsearch.tasks.task import Task, note_once, require_trainable
 
 DIVERGENCE_FACTOR = 10.0  # a loss above 10x the member's first loss counts as exploding (DESIGN.md)
@@ -107,7 +107,7 @@ class _Batched:
     grads: Grads | None = None  # written by hand; None: the trainer calls torch.autograd.grad
 
 
-def _fused_mlp(models: list[nn.Module], device: torch.device, kind: str) -> _Batched | None:
+def _fused_mlp(models: list[nn.Module], device: torch.device, kind: Kind) -> _Batched | None:
     """An nn.Sequential of Linear and ReLU layers as baddbmm calls, with a hand-written backward.
 
     The same arithmetic as vmap(functional_call), without its dispatch cost or the autograd
@@ -162,7 +162,7 @@ def _fused_mlp(models: list[nn.Module], device: torch.device, kind: str) -> _Bat
     return _Batched(params, forward, export, grads=_mlp_grads(layers, kind))
 
 
-def _mlp_grads(layers: list[str | None], kind: str) -> Grads:
+def _mlp_grads(layers: list[str | None], kind: Kind) -> Grads:
     """``grads(params, x, y)`` for the fused MLP: member_losses and their gradients, without autograd.
 
     x (P, B, in), y per member; the backward is the chain rule layer by layer, bmm calls whose
@@ -328,7 +328,7 @@ class SGD:
         self._views()
 
 
-def evaluate(batched: _Batched, params: list[torch.Tensor], kind: str, split: tuple[torch.Tensor, torch.Tensor],
+def evaluate(batched: _Batched, params: list[torch.Tensor], kind: Kind, split: tuple[torch.Tensor, torch.Tensor],
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each member's loss and accuracy (NaN for regression) on a split shared by every member, in evaluation mode."""
     x, y = split
@@ -341,7 +341,7 @@ def evaluate(batched: _Batched, params: list[torch.Tensor], kind: str, split: tu
         return losses, (outputs.argmax(-1) == y).float().mean(1)
 
 
-def member_losses(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def member_losses(kind: Kind, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Each member's mean loss: cross-entropy (classification) or mean squared error (regression).
 
     ``outputs`` (P, B, C); ``targets`` per member (P, B[, C]) or shared by every member (B[, C]).

@@ -134,13 +134,12 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-def reap(study: optuna.Study, worker: Worker) -> list[int]:
+def reap(study: optuna.Study, worker: Worker) -> None:
     """Fail the RUNNING trials of dead workers and queue their configurations again.
 
     Call it inside the storage's batch lock, so that no live worker is between popping a trial and
-    signing it. Returns the numbers of the trials reaped.
+    signing it.
     """
-    reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         name = trial.user_attrs.get(WORKER_ATTR)
         if worker.is_alive(name, trial.user_attrs.get(HEARTBEAT_ATTR)):
@@ -148,8 +147,6 @@ def reap(study: optuna.Study, worker: Worker) -> list[int]:
         who = ":".join(name.split(":")[:2]) if name else "unknown"
         fail(study, trial._trial_id, Outcome.DIED, f"worker {who} died; queued again", requeued=True)
         requeue(study, trial)
-        reaped.append(trial.number)
-    return reaped
 
 
 class Heartbeat:

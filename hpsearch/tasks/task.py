@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from hpsearch.errors import BadInput
+from hpsearch.spec import KINDS, Kind
 
 Split = tuple[torch.Tensor, torch.Tensor]
 _SAID: set[str] = set()  # notes already given in this process
@@ -26,9 +27,6 @@ def note_once(message: str) -> None:
     if message not in _SAID:
         _SAID.add(message)
         logging.getLogger("hpsearch").warning(message)
-
-
-KINDS = ("classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ class Task:
     val: Split | None
     test: Split | None
     num_classes: int
-    kind: str = "classification"
+    kind: Kind = "classification"
 
     def to(self, device: torch.device) -> "Task":
         """The same task with its tensors on ``device`` (data lives there for the whole search)."""
