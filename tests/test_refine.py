@@ -181,4 +181,8 @@ def test_refine_takes_the_searches_worker_options(storage):
     pids = {int(t.user_attrs["worker"].split(":")[1]) for t in fine.get_trials()}
     assert os.getpid() not in pids  # trained by --jobs worker processes, not in this one
     refused = run("refine", "--from", "coarse", "--study", "small", "--max-points", "2", "--storage", storage)
-    assert refused.exit_code == 2 and "--max-points" in refused.output and "Traceback" not in refused.output
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert f"the grid holds {len(points)} points" in refused.output and "--max-points" in refused.output
+    taken = run("refine", "--from", "coarse", "--study", "fine", "--max-points", str(len(points)), "--show",
+                "--storage", storage)
+    assert taken.exit_code == 0, taken.output

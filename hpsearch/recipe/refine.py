@@ -300,6 +300,8 @@ def refine_spec(
     for name, value in (("epochs", epochs), ("seed", seed), ("trials", trials)):
         if value is not None:  # given: checked before any study is read
             check_int(name, value)
+    if max_points < 1:
+        raise BadInput(f"--max-points {max_points}: allow at least 1 point")
     if sampler not in SAMPLERS:
         raise BadInput(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}")
     if sampler == "grid" and trials is not None:
@@ -330,10 +332,11 @@ def refine_spec(
                       kind=first.get("kind"), epochs=epochs,  # type: ignore[arg-type]
                       seed=seed,
                       trials=trials, study=target, storage=storage, device=device,
-                      jobs=jobs, retries=retries, max_points=max_points,
+                      jobs=jobs, retries=retries,
                       prune=str(first.get("prune", "none")) if prune is None else prune)
     spec = replace(spec, space=_envelope(hoods, sampled=sampler != "grid"),
-                   points=points if sampler == "grid" else None, source=source)
+                   points=points if sampler == "grid" else None, source=source, max_points=max_points)
+    spec.check_size()  # the refined grid's size, not the default grid build_spec started from
     _check_target(spec)
     return Refinement(spec, tuple(origin), hoods, step, source_epochs, skipped)
 
