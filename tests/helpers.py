@@ -75,6 +75,52 @@ def study_trials(storage: str, study: str, missing_ok: bool = False) -> list[Fro
     return optuna.load_study(study_name=study, storage=store.storage).get_trials(deepcopy=False)
 
 
+def running_trials(storage: str, study: str) -> list[FrozenTrial]:
+    """The trials of ``study`` a worker is running (signed); none before the study exists."""
+    return [t for t in study_trials(storage, study, missing_ok=True)
+            if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+
+
+# A plug-in task whose model waits in its training forward while the file ``hold`` beside it exists: a test
+# that signals or kills a process "while it trains" holds it there, so the process cannot finish first on a
+# fast machine nor start late on a slow one; deleting the file lets training go on.
+HOLDING_TASK = '''
+import os
+import time
+
+import torch
+from torch import nn
+from hpsearch import Task
+
+HOLD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hold")
+g = torch.Generator().manual_seed(0)
+x = torch.randn(96, 5, generator=g)
+y = (x[:, 0] > 0).long()
+
+
+class Holding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(5, 2)
+
+    def forward(self, inputs):
+        while self.training and os.path.exists(HOLD):
+            time.sleep(0.05)
+        return self.layer(inputs)
+
+
+def make():
+    return Task("holding", Holding, (x[:64], y[:64]), (x[64:], y[64:]), None, 2)
+'''
+
+
+def holding_task(folder: Path) -> str:
+    """Write the holding task into ``folder`` with its hold set; its --task reference."""
+    (folder / "holding.py").write_text(HOLDING_TASK)
+    (folder / "hold").touch()
+    return str(folder / "holding.py") + ":make"
+
+
 def completed_points(done: Iterable[FrozenTrial]) -> Counter:
     """How many times each configuration (its sorted params) completed."""
     return Counter(tuple(sorted(t.params.items())) for t in done if t.state == TrialState.COMPLETE)

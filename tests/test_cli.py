@@ -139,7 +139,7 @@ def test_ctrl_c_records_interrupted_trials_and_the_rerun_completes(workdir, when
     """A real SIGINT to a real process: exit 130, nothing left RUNNING, then every point once."""
     args = [sys.executable, "-m", "hpsearch", "grid", "--study", "s", "--lr", "1e-4:1e-1:8",
             "--weight-decay", "0,1e-5:1e-3:3", "--batch-size", "16:128", "--momentum", "0.5,0.9,0.99",
-            "--epochs", "2"]
+            "--epochs", "4"]  # seconds of training after the first told trial: the signal lands in it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal = workdir / "studies" / "hpsearch.journal"
@@ -148,6 +148,7 @@ def test_ctrl_c_records_interrupted_trials_and_the_rerun_completes(workdir, when
         if journal.exists() and when in journal.read_text():
             break
         time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err

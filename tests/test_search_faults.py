@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from hpsearch.search.run import run_search
 from hpsearch.spec import build_spec
 
-from helpers import run, study_trials, tiny, wait_for
+from helpers import holding_task, run, running_trials, study_trials, tiny, wait_for
 
 
 @pytest.mark.slow
@@ -21,10 +21,10 @@ from helpers import run, study_trials, tiny, wait_for
 def test_a_signal_during_a_grid_records_interrupted_trials_and_a_resume_completes_it(tmp_path, one_thread, spawned,
                                                                                       signum, code):
     journal = tmp_path / "s.journal"
-    proc = spawned(tmp_path, ["grid", *tiny(batch_size="32", device="cpu", epochs=20), "--study", "s",
+    task = holding_task(tmp_path)  # training waits in its first step until the signal has landed
+    proc = spawned(tmp_path, ["grid", "--task", task, *tiny(batch_size="32", device="cpu", epochs=2), "--study", "s",
                               "--storage", str(journal)])
-    wait_for(lambda: proc.poll() is not None or (journal.exists() and b'"intermediate_value"' in journal.read_bytes()),
-             "training to begin")
+    wait_for(lambda: proc.poll() is not None or len(running_trials(str(journal), "s")) == 4, "the 4 trials to train")
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
@@ -36,8 +36,9 @@ def test_a_signal_during_a_grid_records_interrupted_trials_and_a_resume_complete
     stopped = [t for t in study_trials(str(journal), "s") if t.user_attrs.get("outcome") == "interrupted"]
     assert len(stopped) == 4 and all(t.state == TrialState.FAIL for t in stopped)
     assert all(name in t.user_attrs["reason"] for t in stopped)
-    outcome = run_search(build_spec("grid", lr="0.1,0.01", weight_decay="0,1e-4", batch_size="32", epochs=20,
-                                    study="s", storage=str(journal), device="cpu"))
+    (tmp_path / "hold").unlink()
+    outcome = run_search(build_spec("grid", task=task, lr="0.1,0.01", weight_decay="0,1e-4", batch_size="32",
+                                    momentum="0.9", epochs=2, study="s", storage=str(journal), device="cpu"))
     assert outcome.trained == 4
     done = [t for t in study_trials(str(journal), "s") if t.state == TrialState.COMPLETE]
     assert sorted(t.params["lr"] for t in done) == [0.01, 0.01, 0.1, 0.1]

@@ -6,7 +6,6 @@ once, so a round costs milliseconds to start instead of the 2 s of a fresh inter
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import random
@@ -24,7 +23,7 @@ from hpsearch.search.run import run_search
 from hpsearch.spec import StudySpec, build_spec
 from hpsearch.storage.store import open_storage
 
-from helpers import completed_points, run, study_trials, wait_for
+from helpers import completed_points, holding_task, run, running_trials, study_trials, wait_for
 
 POSTGRES = os.environ.get("HPSEARCH_TEST_POSTGRES")
 
@@ -210,20 +209,14 @@ def test_four_workers_on_postgresql_run_each_of_120_grid_points_once(forkserver)
     assert len({t.user_attrs["worker"] for t in trials}) > 1  # the work was shared
 
 
-def _training(journal) -> set[int]:
-    """The trials that have reported an epoch, read from the journal's lines."""
-    if not journal.exists():
-        return set()
-    lines = journal.read_bytes().splitlines(keepends=True)
-    return {json.loads(line)["trial_id"] for line in lines if line.endswith(b"\n") and b'"intermediate_value"' in line}
-
-
 @pytest.mark.slow
 def test_ctrl_c_reaches_every_jobs_worker_and_leaves_nothing_running(tmp_path, spawned):
     journal = tmp_path / "c.journal"
-    proc = spawned(tmp_path, ["grid", "--lr", "0.1,0.01", "--weight-decay", "0,1e-4", "--batch-size", "32",
-                              "--epochs", "400", "--jobs", "2", "--study", "c", "--storage", str(journal)])
-    wait_for(lambda: proc.poll() is not None or len(_training(journal)) >= 4, "both workers training their two trials")
+    proc = spawned(tmp_path, ["grid", "--task", holding_task(tmp_path), "--lr", "0.1,0.01", "--weight-decay", "0,1e-4",
+                              "--batch-size", "32", "--epochs", "2", "--jobs", "2", "--study", "c",
+                              "--storage", str(journal)])
+    wait_for(lambda: proc.poll() is not None or len({t.user_attrs["worker"] for t in running_trials(str(journal), "c")}) == 2,
+             "both workers holding their trials")
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
@@ -257,49 +250,11 @@ def test_a_postgresql_password_appears_in_no_output(workdir, one_thread):
 
 # A plug-in task whose training waits while the file HOLD exists: a test holds every worker mid-trial
 # for as long as it needs, whatever the machine's speed, then lets them go by removing the file.
-HOLDING_TASK = '''
-import os
-import time
-
-import torch
-from torch import nn
-from hpsearch import Task
-
-HOLD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hold")
-g = torch.Generator().manual_seed(0)
-x = torch.randn(96, 5, generator=g)
-y = (x[:, 0] > 0).long()
-
-
-class Holding(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(5, 2)
-
-    def forward(self, inputs):
-        while self.training and os.path.exists(HOLD):
-            time.sleep(0.05)
-        return self.layer(inputs)
-
-
-def make():
-    return Task("holding", Holding, (x[:64], y[:64]), (x[64:], y[64:]), None, 2)
-'''
-
-
 def _holding(tmp_path, study: str, jobs: int, *extra: str) -> list[str]:
     """A command line of an 8-point grid of the holding task, its journal in tmp_path; the hold set."""
-    (tmp_path / "holding.py").write_text(HOLDING_TASK)
-    (tmp_path / "hold").touch()
-    return ["grid", "--task", str(tmp_path / "holding.py") + ":make", "--lr", "0.1,0.03,0.01,0.003",
+    return ["grid", "--task", holding_task(tmp_path), "--lr", "0.1,0.03,0.01,0.003",
             "--weight-decay", "0,1e-4", "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--jobs", str(jobs),
             "--study", study, "--storage", str(tmp_path / "h.journal"), *extra]
-
-
-def _running(tmp_path, study: str) -> list[optuna.trial.FrozenTrial]:
-    """The trials of the holding grid that a worker is running; none before a worker creates the study."""
-    return [t for t in study_trials(str(tmp_path / "h.journal"), study, missing_ok=True)
-            if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
 
 
 def _worker_pids(tmp_path) -> set[int]:
@@ -320,10 +275,10 @@ def _gone(pid: int) -> bool:
 def test_kill_9_of_the_jobs_parent_stops_its_workers_and_their_trials_are_queued_again(tmp_path, spawned):
     proc = spawned(tmp_path, _holding(tmp_path, "orphans", 4))
     wait_for(lambda: proc.poll() is not None
-             or len({t.user_attrs["worker"] for t in _running(tmp_path, "orphans")}) == 4,
+             or len({t.user_attrs["worker"] for t in running_trials(str(tmp_path / "h.journal"), "orphans")}) == 4,
              "4 workers each holding their trials")
     assert proc.poll() is None, proc.communicate()
-    pids = {int(t.user_attrs["worker"].split(":")[1]) for t in _running(tmp_path, "orphans")}
+    pids = {int(t.user_attrs["worker"].split(":")[1]) for t in running_trials(str(tmp_path / "h.journal"), "orphans")}
     proc.kill()
     proc.wait()
     wait_for(lambda: all(_gone(pid) for pid in pids), "the workers to stop with their parent", timeout=120)
@@ -343,10 +298,10 @@ def test_kill_9_of_the_jobs_parent_stops_its_workers_and_their_trials_are_queued
 @pytest.mark.slow
 def test_kill_9_of_one_worker_its_trials_are_finished_and_the_table_printed_with_a_warning(tmp_path, spawned):
     proc = spawned(tmp_path, _holding(tmp_path, "one", 2))
-    wait_for(lambda: proc.poll() is not None or len({t.user_attrs["worker"] for t in _running(tmp_path, "one")}) == 2,
+    wait_for(lambda: proc.poll() is not None or len({t.user_attrs["worker"] for t in running_trials(str(tmp_path / "h.journal"), "one")}) == 2,
              "2 workers each holding their trials")
     assert proc.poll() is None, proc.communicate()
-    victim = int(_running(tmp_path, "one")[0].user_attrs["worker"].split(":")[1])
+    victim = int(running_trials(str(tmp_path / "h.journal"), "one")[0].user_attrs["worker"].split(":")[1])
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: _gone(victim), "the worker to die", timeout=120)
     (tmp_path / "hold").unlink()
@@ -365,7 +320,7 @@ def test_kill_9_of_one_worker_its_trials_are_finished_and_the_table_printed_with
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_rerun_shows_the_trials_live_workers_are_running_instead_of_calling_the_grid_finished(tmp_path, spawned, jobs):
     proc = spawned(tmp_path, _holding(tmp_path, "busy", 1))
-    wait_for(lambda: proc.poll() is not None or len(_running(tmp_path, "busy")) == 8, "the worker holding all 8 trials")
+    wait_for(lambda: proc.poll() is not None or len(running_trials(str(tmp_path / "h.journal"), "busy")) == 8, "the worker holding all 8 trials")
     assert proc.poll() is None, proc.communicate()
     args = _holding(tmp_path, "busy", jobs)
     rerun = run(*args)
