@@ -5,12 +5,19 @@ Plain helpers (run, tiny, study_trials, wait_for, ...) are in helpers.py.
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from helpers import one_thread_env
+
+# Started in the background by a script, this pytest inherits SIGINT ignored, and so would every hpsearch
+# process the tests start (hpsearch then keeps ignoring it, as it should): the tests that send Ctrl-C to
+# one would wait for an exit that never comes. Tests run as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -147,3 +147,29 @@ def test_a_signal_while_a_large_grid_is_queued_stops_it_between_chunks_keeping_w
     queued = int(last.split(": ")[2].split(" of")[0].replace(",", ""))
     assert len(trials) == queued and 0 < queued < 1_000_000 and queued % ENQUEUE_CHUNK == 0
     assert all(t.state == TrialState.WAITING for t in trials)
+
+
+@pytest.mark.slow
+def test_a_search_started_with_ctrl_c_ignored_keeps_ignoring_it_even_while_it_writes(tmp_path, one_thread):
+    """A command started in the background by a script inherits SIGINT ignored: Ctrl-C on the terminal
+    must spare it at every moment, its storage writes (where hpsearch holds signals back) included."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import one_thread_env
+
+    journal = tmp_path / "bg.journal"
+    args = [sys.executable, "-m", "hpsearch", "grid", *tiny(batch_size="32", device="cpu", epochs=30), "--study", "bg",
+            "--storage", str(journal)]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    wait_for(lambda: proc.poll() is not None or journal.exists(), "the search to start")
+    sent = 0
+    while proc.poll() is None:  # a Ctrl-C every 5 ms until it ends: many land inside its writes
+        proc.send_signal(signal.SIGINT)
+        sent += 1
+        time.sleep(0.005)
+    assert proc.wait() == 0, proc.stderr.read().decode()
+    assert sent > 0
+    assert sorted(t.state for t in study_trials(str(journal), "bg")) == [TrialState.COMPLETE] * 4

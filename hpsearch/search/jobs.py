@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError, Interrupted, RuntimeFailure
+from hpsearch.search import signals
 from hpsearch.search.records import OUTCOME, WORKER_ATTR, Outcome, finished
 from hpsearch.search.runner import Progress, ProgressCallback, SearchOutcome, best_value, prepare_study, run_here
 from hpsearch.search.workers import Worker, lock_folder, running_elsewhere
@@ -98,7 +99,7 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in signals.catchable()}
     try:
         for device, log in zip(worker_devices(spec.device, spec.jobs), logs):
             if stopped:
@@ -141,10 +142,10 @@ def run_jobs(spec: StudySpec, progress: ProgressCallback | None = None) -> Searc
     dead = [p for p in procs if _stopped_signal(p.returncode) is not None]
     if dead:
         run_here(replace(spec, jobs=1), progress)  # what the survivors did not take: the dead workers' trials
-        signals = ", ".join(sorted({signal.Signals(_stopped_signal(p.returncode)).name for p in dead}))  # type: ignore[arg-type]
+        killed_by = ", ".join(sorted({signal.Signals(_stopped_signal(p.returncode)).name for p in dead}))  # type: ignore[arg-type]
         lost = {p.pid for p in dead}
         again = sum(t.user_attrs.get(OUTCOME) in (Outcome.DIED, Outcome.INTERRUPTED) and _pid(t) in lost for t in _study(store, spec))
-        warnings.append(f"{len(dead)} of {spec.jobs} workers died ({signals}); their {again} running trial(s) were "
+        warnings.append(f"{len(dead)} of {spec.jobs} workers died ({killed_by}); their {again} running trial(s) were "
                         "queued again and trained by the others")
     trials = _study(store, spec)
     done = sum(finished(t) for t in trials)

@@ -13,6 +13,17 @@ from typing import Iterator
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both record the trials in flight as interrupted
 
 
+def catchable() -> tuple[int, ...]:
+    """The stop signals this process has not been told to ignore.
+
+    A command started in the background by a script (``hpsearch grid ... &``) or under ``nohup``
+    inherits SIGINT (or SIGHUP) ignored, so that a Ctrl-C on the terminal spares it. hpsearch keeps
+    that promise everywhere, while it writes too: a handler installed over SIG_IGN would make Ctrl-C
+    stop it at some moments and not at others.
+    """
+    return tuple(s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN)
+
+
 class Stop(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that both take the same path."""
 
@@ -59,7 +70,7 @@ class Held:
         caught: list[int] = []
         previous = {}
         if self._depth == 0 and threading.current_thread() is threading.main_thread():
-            previous = {s: signal.signal(s, lambda signum, _: caught.append(signum)) for s in STOP_SIGNALS}
+            previous = {s: signal.signal(s, lambda signum, _: caught.append(signum)) for s in catchable()}
         self._depth += 1
         try:
             yield

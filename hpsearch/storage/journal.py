@@ -203,7 +203,9 @@ def _interruptible() -> Iterator[None]:
     def stop(signum: int, _frame: object) -> None:
         raise LockWaitInterrupted(signum)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a signal this process inherited ignored stays ignored (hpsearch.search.signals.catchable says why)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
