@@ -301,12 +301,18 @@ def build_spec(
     name = study if study is not None else f"{stem}-{command}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise BadInput(f"--study '{name}': use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
-    if max_points < 1:
-        raise BadInput(f"--max-points {max_points}: allow at least 1 point")
+    check_max_points(max_points)
     spec = StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune, target=target, kind=kind,
                      jobs=jobs, retries=retries, max_points=max_points)
     spec.check_size()
     return spec
+
+
+def check_max_points(max_points: int) -> int:
+    """--max-points: at least one point (its upper end is the user's call: it overrides a limit)."""
+    if max_points < 1:
+        raise BadInput(f"--max-points {max_points}: allow at least 1 point")
+    return max_points
 
 
 def task_reference(task: str | None, data: str | None, target: str | None, kind: str | None) -> tuple[str, str]:

@@ -49,6 +49,7 @@ from hpsearch.spec import (
     bounds_text,
     build_spec,
     check_int,
+    check_max_points,
     fmt,
     in_bounds,
     make_config,
@@ -300,8 +301,7 @@ def refine_spec(
     for name, value in (("epochs", epochs), ("seed", seed), ("trials", trials)):
         if value is not None:  # given: checked before any study is read
             check_int(name, value)
-    if max_points < 1:
-        raise BadInput(f"--max-points {max_points}: allow at least 1 point")
+    check_max_points(max_points)
     if sampler not in SAMPLERS:
         raise BadInput(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}")
     if sampler == "grid" and trials is not None:
