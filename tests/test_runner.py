@@ -10,7 +10,7 @@ from hpsearch.errors import Interrupted
 from hpsearch.search.run import run_search
 from hpsearch.search.runner import Strategy
 from hpsearch.search.samplers import TrialSeededRandom
-from hpsearch.search.signals import Stop
+from hpsearch.signals import Stop
 from hpsearch.spec import build_spec
 
 from helpers import plain_study

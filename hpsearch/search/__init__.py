@@ -4,7 +4,6 @@ run        ``run_search``, the entry point: in this process, or in ``--jobs`` wo
 runner     the loop in one process: enqueue a grid or ask in batches, train, tell, resume
 samplers   Optuna samplers seeded by trial (same values whichever worker asks), and pruners
 records    the stored-trial format: the only module that writes a trial's user attributes
-signals    Ctrl-C and SIGTERM, held back while the storage is written
 jobs       ``--jobs N``: worker processes on one machine, one progress bar, one Ctrl-C
 workers    who runs which trial, and whether that worker is still alive
 """

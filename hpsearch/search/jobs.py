@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError, Interrupted, RuntimeFailure
-from hpsearch.search import signals
+from hpsearch import signals
 from hpsearch.search.records import OUTCOME, WORKER_ATTR, Outcome, finished
 from hpsearch.search.runner import Progress, ProgressCallback, SearchOutcome, best_value, prepare_study, run_here
 from hpsearch.search.workers import Worker, lock_folder, running_elsewhere

@@ -19,7 +19,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
 from hpsearch.objective import Failure, Objective, PopulationObjective
-from hpsearch.search import samplers, signals
+from hpsearch import signals
+from hpsearch.search import samplers
 from hpsearch.search.records import (SETTINGS_ATTR, Outcome, attempt, beat, claimable, fail, finished,
                                      not_hpsearch, param_config, queued_params, requeue, tell, write_settings)
 from hpsearch.search.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from optuna.storages.journal import BaseJournalBackend
 
+from hpsearch import signals
 from hpsearch.errors import BadInput, RuntimeFailure
 
 # The fields Optuna's replay reads from each kind of record (JournalOperation in optuna 5).
@@ -203,9 +204,7 @@ def _interruptible() -> Iterator[None]:
     def stop(signum: int, _frame: object) -> None:
         raise LockWaitInterrupted(signum)
 
-    # a signal this process inherited ignored stays ignored (hpsearch.search.signals.catchable says why)
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(s) is not signal.SIG_IGN}
+    previous = {s: signal.signal(s, stop) for s in signals.catchable()}
     try:
         yield
     finally:
