@@ -13,8 +13,10 @@ from typing import Any, Callable
 import click
 
 from hpsearch.errors import HpsearchError, Interrupted
+from hpsearch.space import OPTIMIZERS, Param
 from hpsearch.space import params as space_params
-from hpsearch.spec import DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, INT_BOUNDS, KINDS, MAX_POINTS, PRUNERS
+from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, INT_BOUNDS, KINDS, MAX_POINTS,
+                           PRUNERS, SCHEDULES)
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
 REPORT_FORMATS = ("table", "csv", "markdown", "json", "html", "toml")  # each but table is a key of report.FORMATS
@@ -118,8 +120,16 @@ DRY_RUN_OPTION = click.option(
 
 def _space_options(sampled: bool) -> list[click.Option]:
     """SPACE: a VALUES option per registered parameter, with its scale and this command's default."""
+    def default(p: Param) -> str:
+        if sampled:
+            return p.sampled_default
+        others: dict[str, list[str]] = {}
+        for optimizer, text in p.grid_default_by_optimizer:
+            others.setdefault(text, []).append(optimizer)
+        return "; ".join([p.grid_default] + [f"{', '.join(names)}: {text}" for text, names in others.items()])
+
     return [click.Option([p.flag], metavar="VALUES", help=f"{p.help} ({p.scale_help[sampled]}). "
-                         f"[default: {p.sampled_default if sampled else p.grid_default}]") for p in space_params()]
+                         f"[default: {default(p)}]") for p in space_params()]
 
 
 class _SearchCommand(click.Command):
@@ -140,6 +150,13 @@ class _SampledCommand(_SearchCommand):
 STORAGE_OPTION = click.option("--storage", metavar="URL", help="Journal file path or Optuna storage URL. "
                               "[default: $HPSEARCH_STORAGE or studies/hpsearch.journal]")
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:INDEX.")
+SCHEDULE_OPTIONS = [  # the learning rate over training: shared by the searches and `test`
+    click.option("--schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
+                 help="The learning rate over training, stepped every step as torch.optim.lr_scheduler: step "
+                 "(x0.1 at each third), cosine (to 0), exponential (to 1/100)."),
+    click.option("--warmup", type=int, default=0, show_default=True, metavar="EPOCHS",
+                 help="Epochs of linear warm-up (torch's LinearLR) before the schedule."),
+]
 WORKER_OPTIONS = [  # how a search runs: shared by the searches and `refine`
     click.option("--jobs", type=int, default=1, show_default=True,
                  help="Worker processes sharing the study (on several GPUs, one per device in turn). "
@@ -165,6 +182,7 @@ def _search_options(sampled: bool) -> Callable[[Callable], Callable]:
         DEVICE_OPTION,
         click.option("--prune", type=click.Choice(PRUNERS), default="none", show_default=True,
                      help="Stop poor trials early (Optuna's pruners); pruned members leave the population."),
+        *SCHEDULE_OPTIONS,
         *WORKER_OPTIONS,
     ]
     if sampled:
@@ -360,25 +378,33 @@ def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) 
 @click.option("--study", "name", required=True, help="The study whose chosen configuration to test.")
 @click.option("--trial", type=int, help="Test this trial's configuration. [default: the study's best]")
 @click.option("--force", is_flag=True, help="Evaluate again although a test result is recorded (the record says so).")
+@click.option("--epochs", type=int, help="Train this many epochs. [default: the study's]")
+@click.option("--schedule", type=click.Choice(SCHEDULES), help="The learning rate over training (see grid --help). "
+              "[default: the study's, constant unless it set one]")
+@click.option("--warmup", type=int, metavar="EPOCHS", help="Epochs of linear warm-up. [default: the study's]")
 @STORAGE_OPTION
 @DEVICE_OPTION
-def test_split(name: str, trial: int | None, force: bool, storage: str | None, device: str) -> None:
+def test_split(name: str, trial: int | None, force: bool, storage: str | None, device: str, epochs: int | None,
+               schedule: str | None, warmup: int | None) -> None:
     """The end of the recipe: evaluate the chosen configuration once on the test split.
 
     \b
-    Trains the study's best configuration (or --trial N) again, with the seed and
-    epochs of the study, on the training split; evaluates it on the test split; records
-    the result on the study (report shows it). The test set must not steer the search,
-    so a second call shows the recorded result and refuses unless --force.
+    Trains the study's best configuration (or --trial N) again, with the seed of the
+    study, on the training split: as in its trial, or longer and with a learning-rate
+    schedule (--epochs, --schedule: the recipe searches at a constant rate, then trains
+    its choice longer with decay). Evaluates it on the test split; records the result
+    and how it was trained on the study (report shows it). The test set must not steer
+    the search, so a second call shows the recorded result and refuses unless --force.
 
     \b
-    Example:
+    Examples:
       hpsearch test --study fine
+      hpsearch test --study fine --epochs 40 --schedule cosine --warmup 1
     """
     from hpsearch.recipe.test import AlreadyTested, describe, final_test
 
     try:
-        record = final_test(name, trial, force, storage, device)
+        record = final_test(name, trial, force, storage, device, epochs, schedule, warmup)
     except AlreadyTested as error:
         click.echo(describe(error.recorded))
         raise
@@ -390,7 +416,9 @@ def test_split(name: str, trial: int | None, force: bool, storage: str | None, d
 @DEVICE_OPTION
 @click.option("--population", type=click.IntRange(*INT_BOUNDS["population"]), default=64, show_default=True,
               help="Members of the population whose step time (and on CUDA, memory) is measured.")
-def check(device: str, population: int, **what: Any) -> None:
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True,
+              help="The optimizer the overfit check and the step times train with.")
+def check(device: str, population: int, optimizer: str, **what: Any) -> None:
     """Check the setup before searching: the recipe's sanity checks, one line each.
 
     \b
@@ -403,10 +431,11 @@ def check(device: str, population: int, **what: Any) -> None:
     Examples:
       hpsearch check --task digits
       hpsearch check --task examples/my_task.py:spirals --device cuda
+      hpsearch check --task mnist1d --optimizer adam
     """
     from hpsearch.recipe.check import check_setup
 
-    task, findings = check_setup(**what, device=device, population=population)
+    task, findings = check_setup(**what, device=device, population=population, optimizer=optimizer)
     for finding in findings:
         click.secho(f"{'warning' if finding.warning else 'ok':>7}  {finding.check}: {finding.text}",
                     fg="yellow" if finding.warning else None)

@@ -43,14 +43,16 @@ class Objective(Protocol):
 class PopulationObjective:
     """hpsearch's population trainer over a Task: one population per batch size, halved while out of memory."""
 
-    def __init__(self, task: str, target: str | None = None, kind: str | None = None, device: str = "auto") -> None:
+    def __init__(self, task: str, target: str | None = None, kind: str | None = None, device: str = "auto",
+                 schedule: str = "constant", warmup: int = 0) -> None:
         self.reference = (task, target, kind)
         self.device = device  # as the user gave it, for messages
+        self.schedule = (schedule, warmup)  # the learning rate over training (hpsearch.optimizers.Schedule)
         self._task: Task | None = None  # loaded on first use: a finished study needs no data
 
     @classmethod
     def for_spec(cls, spec: StudySpec) -> PopulationObjective:
-        return cls(spec.task, spec.target, spec.kind, spec.device)
+        return cls(spec.task, spec.target, spec.kind, spec.device, spec.schedule, spec.warmup)
 
     def prepare(self) -> None:
         self.task()
@@ -97,9 +99,10 @@ class PopulationObjective:
     def train_population(self, configs: Sequence[Config], epochs: int,
                          on_epoch: Callable[[EpochReport], Iterable[int]]) -> list[MemberResult]:
         """One population (configurations of one batch size): hpsearch.train's trainer on the task."""
+        from hpsearch.optimizers import Schedule
         from hpsearch.train import train_population
 
-        return train_population(self.task(), configs, epochs, on_epoch)
+        return train_population(self.task(), configs, epochs, on_epoch, schedule=Schedule(*self.schedule))
 
 
 def out_of_memory(error: Exception) -> bool:

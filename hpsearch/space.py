@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Union
 
 # The most grid points (and values of one counted range) a search takes unless --max-points says more
 # (the reasons are in spec.py, which re-exports it).
@@ -130,12 +130,39 @@ class OneMinus(Scale):
         return -1.0  # high momentum = low 1 - m
 
 
+@dataclass(frozen=True)
+class Choice(Scale):
+    """Named choices (the optimizer): no axis, no ranges; a grid lists them, random / TPE pick one,
+    and refine keeps the choices of the top trials (a neighbour of "adam" means nothing)."""
+
+    discrete: bool = True
+    sample_log: bool = False
+
+    def on_axis(self, value: float) -> bool:
+        return False
+
+    def round(self, value: float) -> float:
+        return value
+
+    def refine_step(self, searched_step: float) -> float:
+        return 0.0
+
+    def step_factor(self, step: float) -> float:
+        return 1.0
+
+    def note(self, name: str, step: float) -> str:
+        return "choices: those of the top trials are kept"
+
+
 LOG = Scale()
 POWER_OF_TWO = PowerOfTwo()
 ONE_MINUS = OneMinus()
+CHOICE = Choice()
 
 
 # --- the registry ---
+
+Value = Union[float, str]  # a number, or a categorical parameter's choice (the optimizer)
 
 
 @dataclass(frozen=True)
@@ -157,23 +184,46 @@ class Param:
     zero_flag: str | None = None
     groups: bool = False  # configurations with the same value train as one population (a grid lists them together)
     # The value when a configuration does not name it: check's and estimate's plain-SGD probes name the
-    # four SGD parameters only. None: it must be named.
-    fixed: float | None = None
+    # four SGD parameters only, and a study stored before the parameter existed trained at it. A value
+    # equal to it feeds no seed and no setting, so that such studies keep their seeds. None: it must be named.
+    fixed: Value | None = None
+    choices: tuple[str, ...] = ()  # a categorical parameter's names (scale CHOICE); empty for a number
+    # The grid's default per optimizer where it differs from ``grid_default`` (Adam's rates are lower):
+    # a grid over several optimizers takes the union of their defaults.
+    grid_default_by_optimizer: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def categorical(self) -> bool:
+        return bool(self.choices)
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
-    def cast(self, value: object) -> float:
+    def cast(self, value: object) -> Value:
+        if self.categorical:
+            return str(value)
         return int(value) if self.integer else float(value)  # type: ignore[call-overload]
 
-    def key(self, value: float) -> float:
+    def key(self, value: Value) -> Value:
         """The value as it enters a configuration's identity (and seed): float noise rounded away."""
-        return int(value) if self.integer else tidy(value)
+        if self.categorical:
+            return str(value)
+        return int(value) if self.integer else tidy(float(value))
+
+    def order(self, value: Value) -> tuple[int, float]:
+        """Where a value sorts among this parameter's values: numbers by size, choices in declared order."""
+        if self.categorical:
+            return (self.choices.index(str(value)) if value in self.choices else len(self.choices), 0.0)
+        return (0, float(value))
+
+    def text(self, value: Value) -> str:
+        """A value as VALUES writes it (parses back to the same value)."""
+        return str(value) if self.categorical else fmt(float(value))
 
     def cell(self, value: object) -> str:
         """A table cell."""
-        return str(value) if self.integer else f"{value:.3g}"
+        return str(value) if self.integer or self.categorical else f"{value:.3g}"
 
 
 _REGISTRY: dict[str, Param] = {}
@@ -231,17 +281,34 @@ def _momentum(value: float) -> str | None:
     return None if 0 <= value < 1 else f"momentum must be in [0, 1), not {fmt(value)}"
 
 
+# PyTorch's optimizers, with torch.optim's semantics (hpsearch.optimizers); ``momentum`` is each one's
+# momentum or beta1. sgd stays the default, so that every study stored before this parameter keeps its seeds.
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop")
+ADAPTIVE = ("adam", "adamw", "rmsprop")  # per-parameter step sizes: they learn at lower rates than SGD
+ADAPTIVE_LR_GRID = "1e-2,1e-3,1e-4,1e-5"  # centred on 1e-3..1e-4 (torch's Adam default: 1e-3)
+
 # The recipe's defaults (DESIGN.md): grid lr 1e-1..1e-4, weight decay 1e-4, 1e-5, 0, batch size 32, 128,
 # momentum 0.9; random / TPE ranges wide enough that a search needs no prior knowledge of the model.
 register(Param("lr", LOG, _lr, "Learning rate", "\nlr", "lr", "Learning rates", ("log scale", "log scale"),
-               "1e-1,1e-2,1e-3,1e-4", "1e-5:1"))
+               "1e-1,1e-2,1e-3,1e-4", "1e-5:1",
+               grid_default_by_optimizer=tuple((name, ADAPTIVE_LR_GRID) for name in ADAPTIVE)))
 register(Param("weight_decay", LOG, _weight_decay, "Weight decay", "weight\ndecay", "wd", "Weight decays",
                ("log scale; 0 may stand beside a range",) * 2, "1e-4,1e-5,0", "0,1e-6:1e-2",
                zero_flag="weight_decay_zero"))
 register(Param("batch_size", POWER_OF_TWO, _batch_size, "Batch size", "batch\nsize", "bs", "Batch sizes",
                ("powers of two", "powers of two"), "32,128", "16:256", integer=True, groups=True))
-register(Param("momentum", ONE_MINUS, _momentum, "Momentum", "\nmomentum", "m", "SGD momentum",
+register(Param("momentum", ONE_MINUS, _momentum, "Momentum", "\nmomentum", "m",
+               "Momentum (SGD's and RMSprop's; beta1 for Adam and AdamW)",
                ("ranges on 1 - momentum", "counted ranges on 1 - momentum"), "0.9", "0:0.99"))
+
+
+
+def _optimizer(value: Value) -> str | None:
+    return None if value in OPTIMIZERS else f"unknown optimizer '{value}'; choose from {', '.join(OPTIMIZERS)}"
+
+
+register(Param("optimizer", CHOICE, _optimizer, "Optimizer", "\noptimizer", "opt", "Optimizers",
+               (", ".join(OPTIMIZERS), ", ".join(OPTIMIZERS)), "sgd", "sgd", fixed="sgd", choices=OPTIMIZERS))
 
 
 # --- values of one parameter, a space, a configuration ---
@@ -284,11 +351,11 @@ class Dimension:
     """One parameter's search values: listed values, at most one range, or both (weight decay's 0)."""
 
     name: str
-    values: tuple[float, ...] = ()
+    values: tuple[Value, ...] = ()
     range: Range | None = None
 
     def text(self) -> str:
-        items = [fmt(v) for v in self.values] + ([self.range.text()] if self.range else [])
+        items = [param(self.name).text(v) for v in self.values] + ([self.range.text()] if self.range else [])
         return ",".join(items)
 
     def size(self) -> int:
@@ -299,12 +366,12 @@ class Dimension:
         count = range_count(self.name, self.range)
         return len(self.grid()) if count <= MAX_POINTS else len(self.values) + count
 
-    def grid(self) -> tuple[float, ...]:
+    def grid(self) -> tuple[Value, ...]:
         """Every value of this dimension as a grid (a range needs a count, except on a discrete scale)."""
         points = list(self.values)
         if self.range is not None:
             points += expand(self.name, self.range)
-        return tuple(sorted(set(points)))
+        return tuple(sorted(set(points), key=param(self.name).order))
 
     @property
     def is_continuous(self) -> bool:
@@ -343,7 +410,10 @@ class SearchSpace(Mapping[str, Dimension]):
         return tuple(self._dims.values())
 
     def texts(self) -> dict[str, str]:
-        return {d.name: d.text() for d in self.dimensions()}
+        """Each dimension's VALUES text; one that holds only its parameter's ``fixed`` value is left out, so that
+        a study stored before that parameter existed has the same settings."""
+        return {d.name: d.text() for d in self.dimensions()
+                if not (param(d.name).fixed is not None and d.range is None and d.values == (param(d.name).fixed,))}
 
     def size(self) -> int:
         """The grid's number of points: a product of counts, known without building a point."""
@@ -402,12 +472,14 @@ class Config(Mapping[str, float]):
 def make_config(values: Mapping[str, object], study_seed: int) -> Config:
     """A configuration with its seed: from --seed and the values alone, never from worker or order.
 
-    The seed hashes the values in the registry's order, so that the four original parameters keep the
-    seeds of every stored study. A parameter the values do not name takes its ``fixed`` value.
+    The seed hashes the values in the registry's order, leaving out those at their parameter's ``fixed``
+    value, so that the four original parameters keep the seeds of every stored study. A parameter the
+    values do not name takes its ``fixed`` value.
     """
     entries = tuple((p.name, p.cast(values[p.name] if p.name in values or p.fixed is None else p.fixed))
                     for p in params())
     config = Config(entries)
-    digest = hashlib.sha256(repr((study_seed,) + config.key()).encode()).digest()
+    seeded = tuple(key for p, key in zip(params(), config.key()) if p.fixed is None or key != p.fixed)
+    digest = hashlib.sha256(repr((study_seed,) + seeded).encode()).digest()
     return Config(entries, seed=int.from_bytes(digest[:4], "little") & 0x7FFFFFFF)
 

@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Iterator, Literal, Mapping, get_args
 
 from hpsearch.errors import BadInput
-from hpsearch.space import (BATCH_BOUNDS, MAX_POINTS, Config, Dimension, Param, Range, SearchSpace, fmt, make_config,
-                            names, param, params, tidy)
+from hpsearch.space import (BATCH_BOUNDS, MAX_POINTS, Config, Dimension, Param, Range, SearchSpace, Value, fmt,
+                            make_config, names, param, params, tidy)
 
-__all__ = ["Config", "Dimension", "Range", "SearchSpace", "fmt", "make_config", "tidy"]  # re-exported
+__all__ = ["Config", "Dimension", "Range", "SearchSpace", "Value", "fmt", "make_config", "tidy"]  # re-exported
 
 PARAMS = ("lr", "weight_decay", "batch_size", "momentum")  # the built-in parameters; the registry may hold more
 COMMANDS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha", "hyperband")
+# Learning-rate schedules, stepped every optimizer step as torch.optim.lr_scheduler does (hpsearch.optimizers).
+# Searches default to constant: the recipe refines without decay, then trains its choice longer with it.
+SCHEDULES = ("constant", "step", "cosine", "exponential")
 BUILTIN_TASKS = ("digits", "mnist1d")
 DATA_SUFFIXES = (".npz", ".csv")  # a task reference ending so is a data file (--data)
 Kind = Literal["classification", "regression"]  # what a task predicts: its loss and its objective
@@ -56,7 +59,8 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "top": (1, 1_000_000),  # as many as there can be trials
     "jobs": (1, 256),  # worker processes on one machine, each holding the task's data
     "retries": (0, 100),  # re-runs of a failing configuration: a few tell a passing fault from a bug
-    "population": (1, 4096),  # members trained as one batched model (memory grows with it)
+    "population": (1, 4096),
+    "warmup": (0, 100_000 - 1),  # epochs of linear warm-up: fewer than the epochs  # members trained as one batched model (memory grows with it)
     # Points of one counted range: the grid's size is limited on its own; this bound keeps the count a
     # machine integer, so that its arithmetic never overflows a float.
     "count": (2, 10**9),
@@ -107,7 +111,12 @@ def point_problem(values: Mapping[str, object]) -> str | None:
     A study written by an older hpsearch may hold values that parsing refuses now (batch size 1e20).
     """
     for name in names():
-        value = values.get(name)
+        value = values.get(name, param(name).fixed)  # a study stored before the parameter existed
+        if param(name).categorical:
+            problem = param(name).problem(value) if isinstance(value, str) else f"{name} {value!r} is not a name"
+            if problem is not None:
+                return problem
+            continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return f"{name} {value!r} is not a number"
         try:
@@ -152,6 +161,8 @@ def parse_values(name: str, text: str) -> Dimension:
         raise BadInput(f"{param(name).flag} {text!r}: VALUES hold numbers, ':' and ',' only")
     whole = text.strip()
     items = [item.strip() for item in whole.split(",")]
+    if param(name).categorical:
+        return _parse_choices(name, text, items)
     if not whole or any(not item for item in items):
         raise BadInput(f"{param(name).flag} '{text}': give a comma list of values or a range LOW:HIGH[:COUNT]")
     values: list[float] = []
@@ -168,17 +179,41 @@ def parse_values(name: str, text: str) -> Dimension:
     return Dimension(name, tuple(sorted(set(values))), ranges[0] if ranges else None)
 
 
-def parse_space(command: str, texts: dict[str, str | None]) -> SearchSpace:
-    """Build the space for a command from flag texts (None = that command's default)."""
-    dims = {p.name: parse_values(p.name, _default(p, command) if texts.get(p.name) is None else texts[p.name])  # type: ignore[arg-type]
-            for p in params()}  # an empty --lr "" is a mistake, not the default
+def _parse_choices(name: str, text: str, items: list[str]) -> Dimension:
+    p = param(name)
+    if not text.strip() or any(not item for item in items):
+        raise BadInput(f"{p.flag} '{text}': give a comma list of {', '.join(p.choices)}")
+    for item in items:
+        if item not in p.choices:
+            raise BadInput(f"{p.flag} {text.strip()}: {p.problem(item)}")
+    return Dimension(name, tuple(sorted(set(items), key=p.order)))
+
+
+def parse_space(command: str, texts: Mapping[str, str | None]) -> SearchSpace:
+    """Build the space for a command from flag texts (None = that command's default).
+
+    Choices are parsed first: a grid's default learning rates depend on the optimizers chosen.
+    """
+    dims: dict[str, Dimension] = {}
+    for p in sorted(params(), key=lambda p: not p.categorical):
+        text = texts.get(p.name)  # an empty --lr "" is a mistake, not the default
+        dims[p.name] = parse_values(p.name, _default(p, command, dims) if text is None else text)
     for dim in dims.values():
         _check_for_command(command, dim)
     return SearchSpace(dims)
 
 
-def _default(p: Param, command: str) -> str:
-    return p.grid_default if command == "grid" else p.sampled_default
+def _default(p: Param, command: str, chosen: Mapping[str, Dimension]) -> str:
+    """A parameter's default VALUES for a command; a grid over several optimizers takes the union of theirs."""
+    if command != "grid":
+        return p.sampled_default
+    by_optimizer = dict(p.grid_default_by_optimizer)
+    optimizers = chosen["optimizer"].values if by_optimizer and "optimizer" in chosen else ()
+    texts = list(dict.fromkeys(by_optimizer.get(str(o), p.grid_default) for o in optimizers)) or [p.grid_default]
+    if len(texts) == 1:
+        return texts[0]
+    values = {v for text in texts for v in parse_values(p.name, text).values}
+    return ",".join(p.text(v) for v in sorted(values, key=p.order, reverse=True))
 
 
 def _check_for_command(command: str, dim: Dimension) -> None:
@@ -221,6 +256,8 @@ class StudySpec:
     points: tuple[dict[str, float], ...] | None = None
     source: dict[str, object] | None = None  # a refined study's origin: studies, trials, rule (hpsearch.recipe.refine)
     max_points: int = MAX_POINTS  # the largest grid (and counted range) taken; see MAX_POINTS
+    schedule: str = "constant"  # the learning rate over training: constant | step | cosine | exponential
+    warmup: int = 0  # epochs of linear warm-up before the schedule (0: none)
 
     def grid_points(self) -> list[dict[str, float]]:
         """The points a grid study trains: the listed ones, else every point of the space."""
@@ -237,7 +274,8 @@ class StudySpec:
         """Refuse a grid, or a counted range, above ``max_points``, before anything is built or written."""
         over = "; if you mean it, raise the limit with --max-points N"
         if self.command == "grid" and self.grid_size() > self.max_points:
-            counts = " x ".join(f"{dim.size():,} {dim.name}" for dim in self.space.dimensions())
+            shown_dims = self.space.texts()  # not the optimizer when it is only the default
+            counts = " x ".join(f"{dim.size():,} {dim.name}" for dim in self.space.dimensions() if dim.name in shown_dims)
             shown = "" if self.points is not None else f" ({counts})"
             raise BadInput(f"the grid holds {self.grid_size():,} points{shown}, more than the limit of "
                            f"{self.max_points:,}; use fewer values or a smaller range count{over}")
@@ -253,6 +291,9 @@ class StudySpec:
                                   "prune": self.prune}
         out.update({key: value for key, value in (("target", self.target), ("kind", self.kind), ("metric", self.metric))
                     if value is not None})
+        # only when set, so that a study stored before schedules existed has the same settings
+        out.update({key: value for key, value, default in (("schedule", self.schedule, "constant"),
+                                                           ("warmup", self.warmup, 0)) if value != default})
         out["space"] = self.space.texts()  # a grid's too: a study file re-runs it (studyfile.py)
         if self.trials is not None:
             out["trials"] = self.trials
@@ -278,6 +319,8 @@ def build_spec(
     jobs: int = 1,
     retries: int = DEFAULT_RETRIES,
     max_points: int = MAX_POINTS,
+    schedule: str = "constant",
+    warmup: int = 0,
     **values: str | None,
 ) -> StudySpec:
     """A validated StudySpec from a command's flags; ``values``: each parameter's VALUES text (None: the default)."""
@@ -302,10 +345,20 @@ def build_spec(
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise BadInput(f"--study '{name}': use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
     check_max_points(max_points)
+    check_schedule(schedule, warmup, epochs)
     spec = StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune, target=target, kind=kind,
-                     jobs=jobs, retries=retries, max_points=max_points)
+                     jobs=jobs, retries=retries, max_points=max_points, schedule=schedule, warmup=warmup)
     spec.check_size()
     return spec
+
+
+def check_schedule(schedule: str, warmup: int, epochs: int) -> None:
+    """--schedule is one of SCHEDULES; --warmup leaves at least one epoch after it."""
+    if schedule not in SCHEDULES:
+        raise BadInput(f"--schedule {schedule}: choose one of {', '.join(SCHEDULES)}")
+    check_int("warmup", warmup)
+    if warmup >= epochs:
+        raise BadInput(f"--warmup {warmup}: warm up for fewer epochs than the {epochs} trained (--epochs)")
 
 
 def check_max_points(max_points: int) -> int:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from hpsearch.recipe.estimate import SLOW_STEP_MS, measure, step_ms
+from hpsearch.errors import BadInput
+from hpsearch.space import ADAPTIVE, OPTIMIZERS
 from hpsearch.spec import check_int, make_config, task_reference
 from hpsearch.tasks.builtin import load_task
 from hpsearch.tasks.task import Task, require_trainable
@@ -23,6 +25,8 @@ OVERFIT_BATCH = 32
 OVERFIT_STEPS = 500
 OVERFIT_SHARE = 0.01  # "overfitted": the batch's loss below 1% of its initial loss
 OVERFIT_LRS = (1.0, 0.3, 0.1, 0.03, 0.01)  # trained at once, one population: one of them suits most models
+OVERFIT_ADAPTIVE_LRS = (0.1, 0.03, 0.01, 3e-3, 1e-3)  # Adam, AdamW, RMSprop: a tenth of SGD's (space.ADAPTIVE)
+NAMES = {"sgd": "SGD", "nesterov": "SGD with Nesterov momentum", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 PROBE_BATCH_SIZES = (32, 64, 128, 256)
 LOSS_TOLERANCE = 0.2  # relative distance from ln(C) that an initial loss may have
 INITIAL_EXAMPLES = 512  # examples the initial loss is measured on
@@ -38,22 +42,25 @@ class Finding:
 
 
 def check_setup(task: str | None = None, data: str | None = None, target: str | None = None, kind: str | None = None,
-                device: str = "auto", population: int = 64) -> tuple[Task, list[Finding]]:
+                device: str = "auto", population: int = 64, optimizer: str = "sgd") -> tuple[Task, list[Finding]]:
     """``hpsearch check``: the task named as a search names it (--task, or --data), on ``device``, checked."""
     reference, _ = task_reference(task, data, target, kind)
     loaded = load_task(reference, target, kind).to(resolve_device(device))
-    return loaded, run_checks(loaded, population)
+    return loaded, run_checks(loaded, population, optimizer=optimizer)
 
 
-def run_checks(task: Task, population: int = 64, overfit_steps: int = OVERFIT_STEPS) -> list[Finding]:
-    """Every check on ``task`` (its tensors already on the device to check).
+def run_checks(task: Task, population: int = 64, overfit_steps: int = OVERFIT_STEPS,
+               optimizer: str = "sgd") -> list[Finding]:
+    """Every check on ``task`` (its tensors already on the device to check), training with ``optimizer``.
 
     A model with no trainable parameter is refused (BadInput) before any check: none would mean anything.
     """
     check_int("population", population)
+    if optimizer not in OPTIMIZERS:
+        raise BadInput(f"--optimizer {optimizer}: choose one of {', '.join(OPTIMIZERS)}")
     require_trainable(_fresh_model(task), f"task '{task.name}'")
-    return [parameter_count(task), *initial_loss(task), overfit_one_batch(task, overfit_steps),
-            *step_times(task, population), memory(task, population)]
+    return [parameter_count(task), *initial_loss(task), overfit_one_batch(task, overfit_steps, optimizer),
+            *step_times(task, population, optimizer), memory(task, population, optimizer)]
 
 
 def _fresh_model(task: Task, seed: int = 0) -> torch.nn.Module:
@@ -102,13 +109,14 @@ def initial_loss(task: Task) -> list[Finding]:
     return findings
 
 
-def overfit_one_batch(task: Task, steps: int = OVERFIT_STEPS) -> Finding:
-    """Plain SGD (momentum 0.9) on one batch, several learning rates at once, until one fits it."""
+def overfit_one_batch(task: Task, steps: int = OVERFIT_STEPS, optimizer: str = "sgd") -> Finding:
+    """``optimizer`` (momentum 0.9, no weight decay) on one batch, several learning rates at once, until one fits it."""
     x, y = (t[:OVERFIT_BATCH] for t in task.train)
     batch = len(x)
     one_batch = replace(task, train=(x, y), val=(x, y))  # an epoch is one step; "validation" is the batch itself
-    configs = [make_config({"lr": lr, "weight_decay": 0.0, "batch_size": batch, "momentum": 0.9}, 0)
-               for lr in OVERFIT_LRS]
+    rates = OVERFIT_ADAPTIVE_LRS if optimizer in ADAPTIVE else OVERFIT_LRS
+    configs = [make_config({"lr": lr, "weight_decay": 0.0, "batch_size": batch, "momentum": 0.9, "optimizer": optimizer}, 0)
+               for lr in rates]
     first: dict[int, float] = {}
     best: dict[int, float] = {}
     fitted: list[tuple[int, int, float]] = []  # (step, member, loss)
@@ -126,25 +134,25 @@ def overfit_one_batch(task: Task, steps: int = OVERFIT_STEPS) -> Finding:
     if fitted:
         step, member, loss = min(fitted)
         return Finding("overfit", f"can overfit {what}: loss {first[member]:.3g} -> {loss:.3g} in {step} steps "
-                       f"(SGD lr {configs[member].lr:g}, momentum 0.9)")
+                       f"({NAMES[optimizer]} lr {configs[member].lr:g}, momentum 0.9)")
     if not best:
-        return Finding("overfit", f"could not overfit {what}: every learning rate from {min(OVERFIT_LRS):g} to "
-                       f"{max(OVERFIT_LRS):g} diverged at once; check the loss and the initialisation", True)
+        return Finding("overfit", f"could not overfit {what}: every learning rate from {min(rates):g} to "
+                       f"{max(rates):g} diverged at once; check the loss and the initialisation", True)
     member = min(best, key=lambda m: best[m] / first[m])
     return Finding("overfit", f"could not overfit {what} in {steps} steps (best: loss {first[member]:.3g} -> "
                    f"{best[member]:.3g} at lr {configs[member].lr:g}): check that the output depends on the input, "
                    "that the parameters train, and the loss", True)
 
 
-def step_times(task: Task, population: int = 64) -> list[Finding]:
-    """The wall time of one training step per batch size, alone and as a population."""
+def step_times(task: Task, population: int = 64, optimizer: str = "sgd") -> list[Finding]:
+    """The wall time of one training step (with ``optimizer``) per batch size, alone and as a population."""
     n = len(task.train[0])
     sizes = [size for size in PROBE_BATCH_SIZES if size <= n] or [n]
-    measure(task, sizes[0], 1)  # warm-up: the first call pays one-off costs
+    measure(task, sizes[0], 1, optimizer)  # warm-up: the first call pays one-off costs
     findings = []
     for size in sizes:
-        alone = step_ms(task, size, measure(task, size, 1)[1])
-        together = step_ms(task, size, measure(task, size, population)[1])
+        alone = step_ms(task, size, measure(task, size, 1, optimizer)[1])
+        together = step_ms(task, size, measure(task, size, population, optimizer)[1])
         slow = alone > SLOW_STEP_MS
         advice = f": over {SLOW_STEP_MS:g} ms, a search will be hard to afford" if slow else ""
         findings.append(Finding("step time", f"batch size {size}: {alone:.2f} ms a step alone, {together:.2f} ms for "
@@ -152,7 +160,7 @@ def step_times(task: Task, population: int = 64) -> list[Finding]:
     return findings
 
 
-def memory(task: Task, population: int = 64) -> Finding:
+def memory(task: Task, population: int = 64, optimizer: str = "sgd") -> Finding:
     """On CUDA, the largest power-of-two batch size a population trains with; on the CPU, nothing is probed."""
     device = task.train[0].device
     if device.type != "cuda":
@@ -162,7 +170,7 @@ def memory(task: Task, population: int = 64) -> Finding:
     size = 32
     while size <= n:
         try:
-            measure(task, size, population)
+            measure(task, size, population, optimizer)  # Adam holds two more tensors per parameter than SGD
         except torch.cuda.OutOfMemoryError:
             break
         finally:

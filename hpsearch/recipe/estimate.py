@@ -115,23 +115,24 @@ def probe_task(task: "Task", batch_size: int, steps: int = PROBE_STEPS) -> tuple
     return replace(task, train=(x[:n], y[:n]), val=(xv[:nv], yv[:nv])), share
 
 
-def measure(task: "Task", batch_size: int, members: int) -> tuple[float, float]:
-    """(set-up seconds, seconds of one full epoch) of a population of ``members``.
+def measure(task: "Task", batch_size: int, members: int, optimizer: str = "sgd") -> tuple[float, float]:
+    """(set-up seconds, seconds of one full epoch) of a population of ``members`` training with ``optimizer``.
 
     A few epochs on a slice of the data, the median counting; when a whole epoch is cheap, on the
     whole data instead, so that each epoch's fixed costs are not scaled up with the slice's.
     """
-    setup, epoch = _measure(task, batch_size, members, PROBE_STEPS)
+    setup, epoch = _measure(task, batch_size, members, PROBE_STEPS, optimizer)
     if epoch < WHOLE_EPOCH_S:
-        setup, epoch = _measure(task, batch_size, members, math.ceil(len(task.train[0]) / batch_size))
+        setup, epoch = _measure(task, batch_size, members, math.ceil(len(task.train[0]) / batch_size), optimizer)
     return setup, epoch
 
 
-def _measure(task: "Task", batch_size: int, members: int, steps: int) -> tuple[float, float]:
+def _measure(task: "Task", batch_size: int, members: int, steps: int, optimizer: str) -> tuple[float, float]:
     from hpsearch.train import EpochReport, train_population
 
     probe, share = probe_task(task, batch_size, steps)
-    configs = [make_config({"lr": 1e-3, "weight_decay": 0.0, "batch_size": batch_size, "momentum": 0.9}, seed)
+    configs = [make_config({"lr": 1e-4, "weight_decay": 0.0, "batch_size": batch_size, "momentum": 0.9,
+                            "optimizer": optimizer}, seed)
                for seed in range(members)]  # a small lr: no member diverges and leaves early
     epochs: list[float] = []
 
@@ -153,11 +154,14 @@ def step_ms(task: "Task", batch_size: int, epoch_seconds: float) -> float:
 def estimate_plan(plan: Plan, task: "Task") -> Estimate:
     """The run time of ``plan`` on ``task`` (already on its device), from measured epochs."""
     measured: dict[tuple[int, int], tuple[float, float]] = {}
+    # the costliest optimizer searched (Adam's step does more than SGD's): an estimate errs long, not short
+    optimizers = plan.spec.space["optimizer"].grid() if "optimizer" in plan.spec.space else ("sgd",)
+    optimizer = next((o for o in ("adamw", "adam", "rmsprop", "nesterov") if o in optimizers), "sgd")
     if plan.populations:
-        measure(task, plan.populations[0].batch_size, 1)  # warm-up: the first call pays one-off costs
+        measure(task, plan.populations[0].batch_size, 1, optimizer)  # warm-up: the first call pays one-off costs
     for p in plan.populations:
         if (p.batch_size, p.members) not in measured:
-            measured[(p.batch_size, p.members)] = measure(task, p.batch_size, p.members)
+            measured[(p.batch_size, p.members)] = measure(task, p.batch_size, p.members, optimizer)
     seconds = plan.to_train * TRIAL_OVERHEAD_S
     for p in plan.populations:
         setup, epoch = measured[(p.batch_size, p.members)]

@@ -101,7 +101,7 @@ class Refinement:
                   f"(sources: {self.source_epochs}), seed {spec.seed}, sampler {spec.command}")]
         lines += self.skipped
         for name in param_names():
-            fixed = all(len(hood.values) == 1 for hood in self.neighbourhoods[name])
+            fixed = len(self.neighbourhoods[name]) == 1 and len(self.neighbourhoods[name][0].values) == 1
             lines.append(f"{name} ({'searched at one value' if fixed else _scale_note(name, self.step[name])}):")
             for hood in self.neighbourhoods[name]:
                 lines.append(f"  {hood.why}  [{', '.join(hood.trials)}]")
@@ -110,7 +110,7 @@ class Refinement:
                          + "; ".join(f"{d.name} {d.text()}" for d in spec.space.dimensions()))
             return lines
         lines.append(f"{len(spec.points)} configurations (the union of the neighbourhoods):")
-        lines += ["  " + "  ".join(f"{name}={fmt(p[name])}" for name in param_names()) for p in spec.points]
+        lines += ["  " + "  ".join(f"{name}={param(name).text(p[name])}" for name in param_names()) for p in spec.points]
         return lines
 
 
@@ -231,7 +231,12 @@ def _around(name: str, best: pd.DataFrame, frame: pd.DataFrame, grids: pd.DataFr
 
     ``best``: the top trials; ``frame``: every trial of the sources (the range searched so far);
     ``grids``: the trials of the grid sources (their spacing gives the coarse step).
+    A categorical parameter (the optimizer) keeps each top trial's choice: it has no neighbours.
     """
+    if param(name).categorical:
+        kept = tuple(sorted(set(best[name]), key=param(name).order))
+        return 1.0, tuple(Neighbourhood(name, value, (value,), f"{value}: a top trial's, kept", tuple(
+            f"{r.study}#{r.trial}" for r in best[best[name] == value].itertuples())) for value in kept)
     half = half_step(name, pd.to_numeric(grids[name], errors="coerce").dropna().tolist())
     searched = pd.to_numeric(frame[name], errors="coerce").dropna()
     low, high = searched_ranges(frame)[name]
@@ -248,22 +253,22 @@ def _around(name: str, best: pd.DataFrame, frame: pd.DataFrame, grids: pd.DataFr
 
 def _union(best: pd.DataFrame, hoods: Mapping[str, Sequence[Neighbourhood]]) -> tuple[dict[str, float], ...]:
     """Every top trial's neighbourhood (a product over the parameters), merged without duplicates, by batch size."""
-    around = {(name, hood.best): hood.values for name, found in hoods.items() for hood in found}
+    around = {(name, param(name).key(hood.best)): hood.values for name, found in hoods.items() for hood in found}
     points: dict[tuple, dict[str, float]] = {}
     for row in best.to_dict("records"):
         params = _params(row)
-        for combo in itertools.product(*(around[(name, float(params[name]))] for name in param_names())):
+        for combo in itertools.product(*(around[(name, param(name).key(params[name]))] for name in param_names())):
             point = {name: param(name).cast(value) for name, value in zip(param_names(), combo)}
             points.setdefault(make_config(point, 0).key(), point)
     order = grid_order()
-    return tuple(sorted(points.values(), key=lambda p: tuple(p[n] for n in order)))
+    return tuple(sorted(points.values(), key=lambda p: tuple(param(n).order(p[n]) for n in order)))
 
 
 def _envelope(hoods: Mapping[str, Sequence[Neighbourhood]], sampled: bool) -> SearchSpace:
     """The refined values per parameter as a space: listed for a grid; ranges to sample inside for random / TPE."""
     dims = {}
     for name, found in hoods.items():
-        listed = tuple(sorted({v for hood in found for v in hood.values}))
+        listed = tuple(sorted({v for hood in found for v in hood.values}, key=param(name).order))
         continuous = [v for v in listed if param(name).scale.on_axis(v)]
         if not sampled or len(continuous) < 2:
             dims[name] = Dimension(name, listed)
@@ -333,7 +338,9 @@ def refine_spec(
                       seed=seed,
                       trials=trials, study=target, storage=storage, device=device,
                       jobs=jobs, retries=retries,
-                      prune=str(first.get("prune", "none")) if prune is None else prune)
+                      prune=str(first.get("prune", "none")) if prune is None else prune,
+                      # the recipe refines without decay; a source searched with a schedule keeps it
+                      schedule=str(first.get("schedule", "constant")), warmup=int(first.get("warmup", 0)))
     spec = replace(spec, space=_envelope(hoods, sampled=sampler != "grid"),
                    points=points if sampler == "grid" else None, source=source, max_points=max_points)
     spec.check_size()  # the refined grid's size, not the default grid build_spec started from

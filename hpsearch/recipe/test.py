@@ -5,6 +5,11 @@ for the configuration chosen: a test figure that could be looked at again and ag
 steering the choice, and would then no longer estimate how the model does on unseen data. So
 the result is recorded on the study (user attribute ``test_result``) and a second evaluation is
 refused unless asked for with ``force``; the record counts the evaluations.
+
+The recipe's last step may train the choice longer and with decay before that single evaluation
+(``epochs``, ``schedule``, ``warmup``): the search ranked configurations at a constant rate, the final
+model is trained the way it will be used. The record says which epochs and schedule were used,
+beside the trial's own.
 """
 from __future__ import annotations
 
@@ -15,10 +20,11 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.errors import BadInput, RuntimeFailure
+from hpsearch.report.render import training_text
 from hpsearch.report.results import rank, trials_frame
 from hpsearch.search.records import (OUTCOME, SETTINGS_ATTR, TEST_ATTR, VAL_ACCURACY, VAL_LOSS, decode_params,
                                      made_by_hpsearch, not_hpsearch, param_config, write_test_result)
-from hpsearch.spec import bounds_text, in_bounds, point_problem
+from hpsearch.spec import bounds_text, check_int, check_schedule, in_bounds, point_problem
 from hpsearch.storage.store import load_study, open_storage
 
 class AlreadyTested(BadInput):
@@ -48,12 +54,15 @@ def _chosen(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial
 
 
 def final_test(name: str, trial: int | None = None, force: bool = False, storage: str | None = None,
-               device: str = "auto") -> dict[str, Any]:
-    """Train the chosen trial's configuration (same seed and epochs as in the study), evaluate it on the
-    test split, record the result on the study and return it.
+               device: str = "auto", epochs: int | None = None, schedule: str | None = None,
+               warmup: int | None = None) -> dict[str, Any]:
+    """Train the chosen trial's configuration (its seed; the study's epochs and schedule unless given),
+    evaluate it on the test split, record the result on the study and return it.
 
     Raises AlreadyTested when a result is recorded and ``force`` is not given.
     """
+    if epochs is not None:
+        check_int("epochs", epochs)
     store = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(store.storage, store.shown, name)
@@ -75,13 +84,18 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
         raise BadInput(f"trial {chosen.number} of study '{name}' cannot be trained again ({problem}); "
                        "test another trial with --trial N")
     config = param_config(chosen.params, int(settings["seed"]))
-    epochs = int(settings["epochs"])
+    searched = (int(settings["epochs"]), str(settings.get("schedule", "constant")), int(settings.get("warmup", 0)))
+    given = (epochs, schedule, warmup)
+    epochs, schedule, warmup = (searched[k] if given[k] is None else given[k] for k in range(3))  # type: ignore[assignment]
+    assert epochs is not None and schedule is not None and warmup is not None
+    check_schedule(schedule, warmup, epochs)
 
+    from hpsearch.optimizers import Schedule
     from hpsearch.tasks.builtin import load_task
     from hpsearch.train import resolve_device, train_and_test
 
     task = load_task(str(settings["task"]), settings.get("target"), settings.get("kind")).to(resolve_device(device))
-    result = train_and_test(task, config, epochs)
+    result = train_and_test(task, config, epochs, schedule=Schedule(schedule, warmup))
     if result.outcome != "completed":
         raise RuntimeFailure(f"trial {chosen.number}'s configuration did not train to the end this time: {result.reason}")
     record = {
@@ -90,6 +104,11 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
         "config": config.params(),
         "seed": config.seed,
         "epochs": epochs,
+        "schedule": schedule,
+        "warmup": warmup,
+        # the trial's own training, when the test trained otherwise (the recipe: longer, with decay)
+        "searched": None if (epochs, schedule, warmup) == searched else
+        {"epochs": searched[0], "schedule": searched[1], "warmup": searched[2]},
         "val_accuracy": _last(chosen.user_attrs.get(VAL_ACCURACY)),
         "val_loss": _last(chosen.user_attrs.get(VAL_LOSS)),
         "test_loss": result.val_loss[-1],
@@ -109,10 +128,15 @@ def _last(curve: list[float] | None) -> float | None:
 
 def describe(record: dict[str, Any]) -> str:
     """A recorded test result as one line for a person."""
-    config = ", ".join(f"{key}={value:g}" for key, value in record["config"].items())
+    config = ", ".join(f"{key}={value if isinstance(value, str) else format(value, 'g')}"
+                       for key, value in record["config"].items())
     metrics = [f"test {key} {record[f'test_{key}']:.4f}" for key in ("accuracy", "loss") if record.get(f"test_{key}") is not None]
     if record.get("val_accuracy") is not None:
         metrics.append(f"validation accuracy {record['val_accuracy']:.4f}")
     times = record.get("evaluations", 1)
-    return (f"Test of study {record['study']}, trial {record['trial']} ({config}; {record['epochs']} epochs): "
+    trained = training_text(record)
+    if record.get("searched"):
+        trained += f"; the trial: {training_text(record['searched'])}"
+    return (f"Test of study {record['study']}, trial {record['trial']} ({config}; {trained}): "
             f"{', '.join(metrics)}; evaluated {'once' if times == 1 else f'{times} times'}, last {record['when']}")
+

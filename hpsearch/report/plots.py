@@ -110,16 +110,20 @@ def loss_curves(results: Results, top: int = TOP_CURVES) -> Any:
 
 
 def metric_vs_lr(results: Results) -> Any:
-    """The validation metric of every completed trial against its learning rate, one series per batch size."""
+    """The validation metric of every completed trial against its learning rate, one series per batch size
+    (and per optimizer, when several were searched: which wins at which rate is the question)."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(9, 5.5))
     ok = results.frame[results.frame["outcome"] == "completed"]
     metric = "val_accuracy" if ok["val_accuracy"].notna().any() else "val_loss"
     best = max if metric == "val_accuracy" else min
-    for i, (size, group) in enumerate(ok.groupby("batch_size", sort=True)):
-        axes.scatter(group["lr"], group[metric], color=f"C{i}", alpha=0.6, label=f"batch size {size}")
+    several = "optimizer" in ok and ok["optimizer"].nunique() > 1
+    keys = ["optimizer", "batch_size"] if several else ["batch_size"]
+    for i, (values, group) in enumerate(ok.groupby(keys, sort=True)):
+        label = f"{values[0]}, batch size {values[1]}" if several else f"batch size {values[0]}"
+        axes.scatter(group["lr"], group[metric], color=f"C{i % 10}", alpha=0.6, label=label)
         line = group.groupby("lr")[metric].agg(best)  # the best trial at each learning rate, joined
-        axes.plot(line.index, line.values, color=f"C{i}", linestyle=":")
+        axes.plot(line.index, line.values, color=f"C{i % 10}", linestyle=":")
     axes.set_xscale("log")
     axes.set(title=f"Validation {'accuracy' if metric == 'val_accuracy' else 'loss'} against learning rate\n"
                    "(dots: every completed trial; line: the best at each learning rate)", xlabel="Learning rate (log scale)",

@@ -8,7 +8,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 from rich import box
@@ -243,10 +243,25 @@ def test_lines(results: Results) -> list[str]:
             continue
         metrics = ", ".join(f"{key.replace('_', ' ')} {test[key]:.4f}" for key in ("test_accuracy", "test_loss")
                             if isinstance(test.get(key), (int, float)))
+        if isinstance(test.get("val_accuracy"), (int, float)):
+            metrics += f" (the trial's validation accuracy {test['val_accuracy']:.4f})"
         config = ", ".join(f"{k}={_cell(k, v)}" for k, v in (test.get("config") or {}).items() if k in param_names())
-        lines.append(f"Test (study {name}, trial {test.get('trial')}, {config}): {metrics}; evaluated once "
-                     f"{test.get('when', '')}".rstrip())
+        trained = training_text(test) if isinstance(test.get("epochs"), int) else ""
+        if isinstance(test.get("searched"), dict):
+            trained += f"; the trial: {training_text(test['searched'])}"
+        lines.append(f"Test (study {name}, trial {test.get('trial')}, {config}{'; ' + trained if trained else ''}): "
+                     f"{metrics}; evaluated once {test.get('when', '')}".rstrip())
     return lines
+
+
+def training_text(record: Mapping[str, Any]) -> str:
+    """"20 epochs, cosine, warm-up 1 epoch": how a configuration was trained (a constant rate is not named)."""
+    parts = [f"{record.get('epochs')} epochs"]
+    if record.get("schedule", "constant") != "constant":
+        parts.append(str(record["schedule"]))
+    if record.get("warmup"):
+        parts.append(f"warm-up {record['warmup']} epoch{'s' if record['warmup'] != 1 else ''}")
+    return ", ".join(parts)
 
 
 _MARKDOWN_AFTER = ["epochs", "val_accuracy", "delta", "val_loss", "train_loss", "outcome", "diagnosis"]

@@ -84,11 +84,17 @@ def finished(trial: FrozenTrial) -> bool:
 
 
 def decode_params(params: dict[str, object]) -> dict[str, object]:
-    """The values from a trial's stored parameters (weight decay may be stored as zero: ``Param.zero_flag``)."""
+    """The values from a trial's stored parameters (weight decay may be stored as zero: ``Param.zero_flag``).
+
+    A parameter a sampled trial does not hold takes its ``fixed`` value: the trial was stored before the
+    parameter existed (a study of SGD only, before there was --optimizer), and trained at that value.
+    """
     values = dict(params)
     for p in space_params():
         if p.zero_flag is not None and values.pop(p.zero_flag, False):
             values[p.name] = 0.0
+        if values and p.name not in values and p.fixed is not None:
+            values[p.name] = p.fixed
     return values
 
 

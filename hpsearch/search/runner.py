@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
@@ -25,7 +25,7 @@ from hpsearch.search.records import (SETTINGS_ATTR, Outcome, attempt, beat, clai
                                      not_hpsearch, param_config, queued_params, requeue, tell, write_settings)
 from hpsearch.search.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere
 from hpsearch.space import names as param_names, param, params as space_params
-from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, make_config
+from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, Value, make_config
 from hpsearch.storage.store import Store, open_storage, study_names
 
 if TYPE_CHECKING:
@@ -101,24 +101,31 @@ def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
 
 
 def _grid_distributions(points: Iterable[dict[str, float]]) -> dict[str, BaseDistribution]:
-    """Linear distributions that hold every grid point, 0 included; ranges may grow on re-runs (one pass)."""
+    """Linear distributions that hold every grid point, 0 included; ranges may grow on re-runs (one pass).
+
+    A categorical parameter holds all its choices: a re-run that adds one stays compatible.
+    """
     low: dict[str, float] = {}
     high: dict[str, float] = {}
+    numeric = [q for q in space_params() if not q.categorical]
     for p in points:
-        for name in param_names():
-            value = float(p[name])  # type: ignore[arg-type]
-            low[name] = min(low.get(name, value), value)
-            high[name] = max(high.get(name, value), value)
-    # floats first, then integers: the order every stored grid study has
+        for q in numeric:
+            value = float(p[q.name])  # type: ignore[arg-type]
+            low[q.name] = min(low.get(q.name, value), value)
+            high[q.name] = max(high.get(q.name, value), value)
+    # floats first, then integers, then choices: the order every stored grid study has
     dists: dict[str, BaseDistribution] = {q.name: FloatDistribution(low[q.name], high[q.name])
-                                          for q in space_params() if not q.integer}
-    dists.update({q.name: IntDistribution(int(low[q.name]), int(high[q.name])) for q in space_params() if q.integer})
+                                          for q in numeric if not q.integer}
+    dists.update({q.name: IntDistribution(int(low[q.name]), int(high[q.name])) for q in numeric if q.integer})
+    dists.update({q.name: CategoricalDistribution(q.choices) for q in space_params() if q.categorical})
     return dists
 
 
-def _suggest(trial: Trial, dim: Dimension) -> float:
+def _suggest(trial: Trial, dim: Dimension) -> Value:
     """Sample one dimension of a random / TPE space on its natural scale."""
     name, p = dim.name, param(dim.name)
+    if p.categorical:
+        return str(trial.suggest_categorical(name, list(dim.grid())))
     if not dim.is_continuous:
         choices = [p.cast(v) for v in dim.grid()]
         return float(trial.suggest_categorical(name, choices))
@@ -132,7 +139,7 @@ def _suggest(trial: Trial, dim: Dimension) -> float:
     return trial.suggest_float(name, low, high, log=True)
 
 
-def _sample(trial: Trial, space: SearchSpace) -> dict[str, float]:
+def _sample(trial: Trial, space: SearchSpace) -> dict[str, Value]:
     return {dim.name: _suggest(trial, dim) for dim in space.dimensions()}
 
 

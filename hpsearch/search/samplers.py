@@ -18,6 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.space import names as param_names, param
 from hpsearch.spec import StudySpec
 
 
@@ -33,6 +34,10 @@ class _SeededByTrial:
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
+        fixed = param(param_name).fixed if param_name in param_names() else None
+        if fixed is not None and "fixed_params" in trial.system_attrs:
+            # a grid point queued by an older hpsearch, before this parameter existed: it trains at its fixed value
+            return param_distribution.to_internal_repr(fixed)
         self._rng.rng.seed(trial_seed(self.seed, trial, param_name))
         return super().sample_independent(study, trial, param_name, param_distribution)  # type: ignore[misc]
 
