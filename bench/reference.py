@@ -2,7 +2,7 @@
 
 Written to the specification of the yardstick (shared/bench/plain_optuna.py), not imported from it:
 a plain Optuna study (in-memory storage, GridSampler, seed 0) over a plain PyTorch loop, one trial
-after another, torch.optim.SGD, minibatches sliced from tensors already in memory (no DataLoader).
+after another, torch.optim.SGD (or, with --optimizer adam, torch.optim.Adam), minibatches sliced from tensors already in memory (no DataLoader).
 The model and split are hpsearch's `digits` task: an MLP 64-128-10 with ReLU, stratified
 60/20/20 train/val/test with seed 0; the objective is the final validation accuracy.
 
@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=ints, default=[32, 128])
     parser.add_argument("--momentum", type=floats, default=[0.9])
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                        help="adam: torch.optim.Adam with betas (momentum, 0.999), as hpsearch's --optimizer adam")
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -65,7 +67,10 @@ def main() -> None:
         momentum = trial.suggest_float("momentum", min(args.momentum), max(args.momentum))
         torch.manual_seed(trial.number)
         model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if args.optimizer == "adam":
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+        else:
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         accuracy = 0.0
         for epoch in range(args.epochs):
             model.train()
@@ -88,7 +93,7 @@ def main() -> None:
     study.optimize(objective, n_trials=n_trials)
     seconds = time.perf_counter() - start
     print(json.dumps({
-        "arm": "reference",
+        "arm": "reference" if args.optimizer == "sgd" else f"reference-{args.optimizer}",
         "trials": n_trials,
         "epochs": args.epochs,
         "seconds": round(seconds, 3),

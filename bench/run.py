@@ -7,6 +7,8 @@ Arms, each a whole subprocess, interleaved A B (C) A B (C) ... so that machine n
   A  reference   python bench/reference.py ...         (plain Optuna GridSampler, one trial at a time)
   B  hpsearch    hpsearch grid --study bench --storage <fresh journal> ...   (in a fresh temp dir)
   C  yardstick   python ../shared/bench/plain_optuna.py ...   (only where that file exists)
+  D  ref-adam    python bench/reference.py ... --optimizer adam   (torch.optim.Adam, betas (momentum, 0.999))
+  E  hp-adam     hpsearch grid ... --optimizer adam                (D and E: leave out with --no-adam)
 
 Whole process: time.perf_counter around subprocess.run. Search alone: for A and C the optimize call
 (their JSON `seconds`); for B the earliest trial start to the latest trial end in the journal it
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 from _common import machine_info  # bench/ is on sys.path when a script here runs
 
@@ -90,14 +93,14 @@ def json_line(stdout: str) -> dict:
     raise SystemExit(f"bench: no JSON line in the output:\n{stdout[-2000:]}")
 
 
-def run_json_arm(name: str, script: Path, grid: dict[str, str]) -> dict:
-    whole, stdout = run_process([sys.executable, str(script)] + grid_flags(grid), ROOT)
+def run_json_arm(name: str, script: Path, grid: dict[str, str], extra: Sequence[str] = ()) -> dict:
+    whole, stdout = run_process([sys.executable, str(script)] + grid_flags(grid) + list(extra), ROOT)
     out = json_line(stdout)
     return {"arm": name, "whole_seconds": whole, "search_seconds": out["seconds"], "trials": out["trials"],
             "completed": out["trials"], "best": out["best"], "best_params": out["best_params"]}
 
 
-def run_hpsearch_arm(grid: dict[str, str]) -> dict:
+def run_hpsearch_arm(grid: dict[str, str], extra: Sequence[str] = (), name: str = "hpsearch") -> dict:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -105,7 +108,7 @@ def run_hpsearch_arm(grid: dict[str, str]) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
         journal = Path(tmp) / "bench.journal"  # fresh per run: the grid starts from nothing
-        cmd = [hpsearch_command(), "grid", "--study", "bench", "--storage", str(journal)] + grid_flags(grid)
+        cmd = [hpsearch_command(), "grid", "--study", "bench", "--storage", str(journal)] + grid_flags(grid) + list(extra)
         whole, _ = run_process(cmd, Path(tmp))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name="bench", storage=JournalStorage(JournalFileBackend(str(journal))))
@@ -114,7 +117,7 @@ def run_hpsearch_arm(grid: dict[str, str]) -> dict:
     search = (max(t.datetime_complete for t in timed) - min(t.datetime_start for t in timed)).total_seconds()
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(complete, key=lambda t: t.value)
-    return {"arm": "hpsearch", "whole_seconds": whole, "search_seconds": search, "trials": len(trials),
+    return {"arm": name, "whole_seconds": whole, "search_seconds": search, "trials": len(trials),
             "completed": len(complete), "best": round(best.value, 4), "best_params": best.params}
 
 
@@ -188,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each arm (>= 3 advised)")
     parser.add_argument("--quick", action="store_true", help="the 24-point default grid instead of the 384-point one")
+    parser.add_argument("--no-adam", action="store_true", help="leave out the Adam arms (reference and hpsearch with Adam)")
     args = parser.parse_args()
     if args.repeats < 1:
         sys.exit("bench: --repeats must be >= 1")
@@ -197,6 +201,9 @@ def main() -> None:
     arms = {"reference": lambda: run_json_arm("reference", REFERENCE, grid), "hpsearch": lambda: run_hpsearch_arm(grid)}
     if YARDSTICK.exists():
         arms["yardstick"] = lambda: run_json_arm("yardstick", YARDSTICK, grid)
+    if not args.no_adam:  # the same grid with Adam (momentum = beta1) on both sides
+        arms["ref-adam"] = lambda: run_json_arm("ref-adam", REFERENCE, grid, ["--optimizer", "adam"])
+        arms["hp-adam"] = lambda: run_hpsearch_arm(grid, ["--optimizer", "adam"], "hp-adam")
 
     print(f"bench: {'quick' if args.quick else 'full'} grid of {size} points x {EPOCHS} epochs on digits; "
           f"arms {', '.join(arms)}, interleaved, {args.repeats} repeats; {os.cpu_count()} CPUs, "
@@ -227,14 +234,22 @@ def main() -> None:
               f"{s['whole_trials_per_s']:15.2f} {s['search_trials_per_s']:16.2f} {best:>13}")
     if any(len(s["best_all_runs"]) > 1 for s in summary.values()):
         print("  * the best value differed between repeats; the highest is shown")
-    if summary["hpsearch"]["completed"] < size:
-        print(f"  note: hpsearch completed {summary['hpsearch']['completed']} of {size} trials (others diverged)")
+    for name in ("hpsearch", "hp-adam"):
+        if name in summary and summary[name]["completed"] < size:
+            print(f"  note: {name} completed {summary[name]['completed']} of {size} trials (others diverged)")
 
     ref, hp = summary["reference"], summary["hpsearch"]
     ratios = {"whole": ref["whole_seconds"] / hp["whole_seconds"], "search": ref["search_seconds"] / hp["search_seconds"]}
     print()
     print(f"hpsearch vs reference (reference time / hpsearch time): whole process {ratios['whole']:.2f}x, "
           f"search alone {ratios['search']:.2f}x")
+    if "hp-adam" in summary:
+        ref_adam, hp_adam = summary["ref-adam"], summary["hp-adam"]
+        ratios["adam_whole"] = ref_adam["whole_seconds"] / hp_adam["whole_seconds"]
+        ratios["adam_search"] = ref_adam["search_seconds"] / hp_adam["search_seconds"]
+        print(f"with Adam, hpsearch vs reference: whole process {ratios['adam_whole']:.2f}x, search alone "
+              f"{ratios['adam_search']:.2f}x ({ratios['adam_whole'] / ratios['whole']:.0%} and "
+              f"{ratios['adam_search'] / ratios['search']:.0%} of SGD's ratios)")
     if "yardstick" in summary:
         ys = summary["yardstick"]
         ratios["yardstick_whole"] = ys["whole_seconds"] / ref["whole_seconds"]

@@ -8,6 +8,7 @@ A study file holds the same settings as the flags, under the flags' names with u
     weight_decay = [1e-4, 1e-5, 0]        # or a TOML list of values,
     batch_size = {low = 32, high = 128}   # or a table {low, high[, count]} (a range)
     momentum = 0.9                        # or one number
+    optimizer = ["sgd", "adam"]           # names: a TOML list, or "sgd,adam"
     epochs = 5
     study = "digits-coarse"
 
@@ -29,16 +30,17 @@ else:  # pragma: no cover - the same parser, from PyPI
 
 from hpsearch.errors import BadInput
 from hpsearch.space import names as param_names
-from hpsearch.spec import BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, PRUNERS, check_int, fmt, parse_values
+from hpsearch.spec import (BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, PRUNERS, SCHEDULES, check_int, fmt,
+                           parse_values)
 
 # Every key a study file may hold, with its TOML type; the registered parameters are read by _values_text.
 # A refine file names its sources (from), top and sampler instead of a task and a space.
 KEYS: dict[str, type] = {
     "command": str, "task": str, "data": str, "target": str, "kind": str, "epochs": int, "seed": int,
     "trials": int, "prune": str, "storage": str, "study": str, "device": str, "jobs": int, "retries": int,
-    "from": list, "top": int, "sampler": str,
+    "from": list, "top": int, "sampler": str, "schedule": str, "warmup": int,
 }
-CHOICES = {"command": (*COMMANDS, "refine"), "prune": PRUNERS, "kind": KINDS, "sampler": COMMANDS}
+CHOICES = {"command": (*COMMANDS, "refine"), "prune": PRUNERS, "kind": KINDS, "sampler": COMMANDS, "schedule": SCHEDULES}
 _TOML_TYPES = {str: "a string", int: "an integer", list: "a list of study names"}
 
 
@@ -140,7 +142,7 @@ def study_file_text(study: str, settings: Mapping[str, Any], trials: int) -> str
         entries["data" if task.endswith(DATA_SUFFIXES) and task not in BUILTIN_TASKS else "task"] = task
         entries.update({k: settings[k] for k in ("target", "kind") if settings.get(k) is not None})
         entries.update(dict(settings.get("space") or {}))
-    entries.update({k: settings[k] for k in ("epochs", "seed", "prune") if k in settings})
+    entries.update({k: settings[k] for k in ("epochs", "seed", "prune", "schedule", "warmup") if k in settings})
     if command != "grid":
         entries["trials"] = settings.get("trials", trials)
     entries["study"] = study

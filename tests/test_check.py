@@ -123,3 +123,16 @@ def test_check_on_the_command_line(workdir):
 def test_check_has_help_with_an_example():
     result = run("check", "--help")
     assert result.exit_code == 0 and "hpsearch check --task digits" in result.stdout
+
+
+@pytest.mark.parametrize("optimizer, named", [("adam", "Adam lr"), ("rmsprop", "RMSprop lr"), ("nesterov", "Nesterov")])
+def test_the_overfit_check_trains_with_the_optimizer_searched(digits, optimizer, named):
+    fitted = overfit_one_batch(digits, steps=200, optimizer=optimizer)
+    assert not fitted.warning and fitted.text.startswith("can overfit one batch of 32") and named in fitted.text
+
+
+def test_check_refuses_an_unknown_optimizer(digits):
+    with pytest.raises(BadInput, match="--optimizer lion: choose one of sgd, nesterov, adam, adamw, rmsprop"):
+        run_checks(digits, optimizer="lion")
+    result = run("check", "--optimizer", "lion")
+    assert result.exit_code == 2 and "'lion' is not one of" in result.stderr

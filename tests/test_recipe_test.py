@@ -63,3 +63,33 @@ def test_test_takes_another_trial_and_rejects_bad_ones(searched):
                           (["--study", "nope"], "no study named 'nope'")):
         result = run("test", *args)
         assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_test_trains_longer_with_a_schedule_and_records_both_trainings(searched, digits):
+    """The recipe's last step: the choice trained longer with decay; the record says so beside the trial's own."""
+    result = run("test", "--study", "s", "--epochs", "3", "--schedule", "cosine", "--warmup", "1")
+    assert result.exit_code == 0, result.output
+    record = plain_study("s").user_attrs["test_result"]
+    assert (record["epochs"], record["schedule"], record["warmup"]) == (3, "cosine", 1)
+    assert record["searched"] == {"epochs": 2, "schedule": "constant", "warmup": 0}
+    assert "3 epochs, cosine, warm-up 1 epoch; the trial: 2 epochs" in result.stdout
+    report = run("report", "s")
+    assert "3 epochs, cosine, warm-up 1 epoch; the trial: 2 epochs" in report.stdout
+    assert f"the trial's validation accuracy {searched.best_trial.value:.4f}" in report.stdout
+
+    from hpsearch.optimizers import Schedule
+
+    config = param_config(searched.best_trial.params, 0)
+    again = train_and_test(digits, config, 3, schedule=Schedule("cosine", 1))
+    assert record["test_loss"] == pytest.approx(again.val_loss[-1], abs=TOL)  # the very training recorded
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--schedule", "linear"], "'linear' is not one of"),
+    (["--epochs", "2", "--warmup", "2"], "--warmup 2: warm up for fewer epochs than the 2 trained"),
+    (["--epochs", "0"], "--epochs 0: give an integer from 1"),
+])
+def test_test_refuses_a_bad_schedule_before_training(searched, flags, message):
+    result = run("test", "--study", "s", *flags)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert "test_result" not in plain_study("s").user_attrs

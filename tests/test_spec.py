@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hpsearch.errors import BadInput
@@ -202,3 +204,60 @@ def test_integers_out_of_bounds_are_one_line_before_anything_is_written(workdir,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], result.stderr
     assert "internal error" not in lines[0] and not (workdir / "studies").exists()
+
+
+@pytest.mark.parametrize("optimizers, lrs", [
+    (None, "0.0001,0.001,0.01,0.1"),
+    ("sgd,nesterov", "0.0001,0.001,0.01,0.1"),
+    ("adam", "1e-05,0.0001,0.001,0.01"),
+    ("rmsprop,adamw", "1e-05,0.0001,0.001,0.01"),
+    ("sgd,adam", "1e-05,0.0001,0.001,0.01,0.1"),  # the union: each optimizer's whole default range
+])
+def test_a_grid_takes_the_default_learning_rates_of_its_optimizers(optimizers, lrs):
+    spec = build_spec("grid", optimizer=optimizers)
+    assert spec.space.texts()["lr"] == lrs
+    assert build_spec("grid", optimizer=optimizers, lr="0.5").space.texts()["lr"] == "0.5"  # given: as given
+    assert build_spec("random", optimizer=optimizers).space.texts()["lr"] == "1e-05:1"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lion", "--optimizer lion: unknown optimizer 'lion'; choose from sgd, nesterov, adam, adamw, rmsprop"),
+    ("sgd,", "--optimizer 'sgd,': give a comma list of sgd, nesterov"),
+    ("", "--optimizer '': give a comma list"),
+    ("adam:sgd", "unknown optimizer 'adam:sgd'"),
+    ("1e-3", "unknown optimizer '1e-3'"),
+])
+def test_a_bad_optimizer_is_one_line(text, message):
+    with pytest.raises(BadInput) as caught:
+        build_spec("grid", optimizer=text)
+    assert message in str(caught.value)
+    result = run("tpe", "--optimizer", text, "--dry-run")
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+
+
+def test_the_default_optimizer_and_schedule_leave_the_settings_as_before():
+    """A study stored before --optimizer and --schedule existed compares equal on a re-run."""
+    plain = build_spec("grid").settings()
+    assert "optimizer" not in plain["space"] and "schedule" not in plain and "warmup" not in plain
+    chosen = build_spec("grid", optimizer="sgd,adam", schedule="cosine", warmup=1).settings()
+    assert chosen["space"]["optimizer"] == "sgd,adam" and chosen["schedule"] == "cosine" and chosen["warmup"] == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"schedule": "linear"}, "--schedule linear: choose one of constant, step, cosine, exponential"),
+    ({"warmup": 5}, "--warmup 5: warm up for fewer epochs than the 5 trained (--epochs)"),
+    ({"warmup": -1}, "--warmup -1: give an integer from 0"),
+])
+def test_a_bad_schedule_is_refused(flags, message):
+    with pytest.raises(BadInput, match=re.escape(message)):
+        build_spec("grid", **flags)
+
+
+def test_a_rerun_with_another_schedule_is_refused(workdir):
+    flags = ["--study", "sched", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256", "--epochs", "2"]
+    assert run("grid", *flags, "--schedule", "cosine").exit_code == 0
+    for other, said in ((["--schedule", "step"], "schedule=cosine, not step"), ([], "schedule=cosine, not constant"),
+                        (["--schedule", "cosine", "--warmup", "1"], "warmup=0, not 1")):
+        again = run("grid", *flags, *other)
+        assert again.exit_code == 2 and f"study 'sched' was run with {said}" in again.stderr, again.output
+    assert run("grid", *flags, "--schedule", "cosine", "--lr", "0.1,0.01").exit_code == 0  # the same: it grows

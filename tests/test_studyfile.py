@@ -162,3 +162,18 @@ def test_a_refined_study_comes_back_as_a_refine_file_that_re_creates_it(workdir)
     (workdir / "f.toml").write_text(written)
     again = run("refine", "--config", "f.toml")
     assert again.exit_code == 0 and "Nothing to train" in again.stdout, again.output
+
+
+def test_optimizers_and_a_schedule_come_back_in_the_study_file(workdir):
+    flags = ["--study", "opt", "--lr", "0.1", "--weight-decay", "0", "--batch-size", "256", "--epochs", "2"]
+    result = run("grid", *flags, "--optimizer", "adam,sgd", "--schedule", "cosine", "--warmup", "1")
+    assert result.exit_code == 0, result.output
+    written = run("report", "opt", "--format", "toml", "--output", "opt.toml")
+    assert written.exit_code == 0, written.output
+    text = (workdir / "opt.toml").read_text()
+    assert 'optimizer = "sgd,adam"' in text and 'schedule = "cosine"' in text and "warmup = 1" in text
+    again = run("grid", "--config", "opt.toml")  # the same settings: the study continues, nothing to train
+    assert again.exit_code == 0 and "Trained 0 trials" in again.stdout, again.output
+    (workdir / "bad.toml").write_text('schedule = "linear"\n')
+    bad = run("grid", "--config", "bad.toml")
+    assert bad.exit_code == 2 and "key 'schedule' = 'linear': choose one of constant, step" in bad.stderr

@@ -65,6 +65,8 @@ def best_value(trials: Sequence[optuna.trial.FrozenTrial], minimize: bool = Fals
 
 # Settings keys added after studies already existed, and what a study without them meant.
 _LEGACY = {"metric": "val_accuracy"}
+# Settings written only when not at their default (StudySpec.settings), and that default.
+_OMITTED = {"schedule": "constant", "warmup": 0}
 
 
 def _metric(spec: StudySpec) -> str:
@@ -87,10 +89,12 @@ def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
     # A re-run may top up a budget or grow a grid: recorded as the latest, never refused.
     revisable = ("trials", "space") if spec.command == "grid" else ("trials",)
     latest = {key: wanted[key] for key in revisable if key in wanted and stored.get(key) != wanted[key]}
-    for key, value in wanted.items():
-        if key not in revisable and stored.get(key, _LEGACY.get(key)) != value:
+    for key in [*wanted, *(k for k in _OMITTED if k in stored and k not in wanted)]:
+        value = wanted.get(key, _OMITTED.get(key))
+        was = stored.get(key, _LEGACY.get(key, _OMITTED.get(key)))
+        if key not in revisable and was != value:
             raise BadInput(
-                f"study '{spec.study}' was run with {key}={stored.get(key)}, not {value}; "
+                f"study '{spec.study}' was run with {key}={was}, not {value}; "
                 f"re-run with the same settings to continue it, or choose another --study name"
             )
     if latest:
