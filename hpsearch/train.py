@@ -4,10 +4,11 @@ Configurations that share a task and a batch size train together as one batched 
 parameters stacked per member, one batched forward (baddbmm for Linear/ReLU stacks, otherwise
 vmap(functional_call)), one backward over the summed member losses (written by hand for the
 Linear/ReLU stacks, which skips the autograd engine; autograd for the rest),
-and a vectorised optimizer step (``SGD``: per-member learning rate, weight decay and momentum,
-``torch.optim.SGD`` semantics: coupled weight decay, dampening 0, no Nesterov).
-A parameter with ``requires_grad=False`` stays frozen, as under ``torch.optim.SGD`` (no step, no
-weight decay, no momentum); a model with no trainable parameter is refused.
+and a vectorised optimizer step (``hpsearch.optimizers.PopulationOptimizer``: each member's own
+optimizer, learning rate, weight decay and momentum, torch.optim's semantics) under one learning-rate
+schedule, stepped every step as torch.optim.lr_scheduler steps it.
+A parameter with ``requires_grad=False`` stays frozen, as under torch.optim (no step, no weight
+decay, no optimizer state); a model with no trainable parameter is refused.
 Each member has its own seed for initialisation and data order, so a member ends where the same
 configuration trained alone would: a population of one *is* the single-trial trainer.
 BatchNorm keeps running statistics per member; Dropout draws different masks per member (so
@@ -31,6 +32,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from hpsearch.errors import BadInput
+from hpsearch.optimizers import OPTIMIZERS, PopulationOptimizer, Schedule, optimizer_of
 from hpsearch.spec import Config, Kind
 from hpsearch.tasks.task import Task, note_once, require_trainable
 
@@ -80,10 +82,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise BadInput(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
-
-
-def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
 # (params, x, y) -> (member losses, gradients): what member_losses and torch.autograd.grad would give.
@@ -265,7 +263,7 @@ def _vmapped(models: list[nn.Module], device: torch.device, probe: torch.Tensor)
 def _one_at_a_time(models: list[nn.Module], device: torch.device, member_dims: int) -> _Batched:
     """The same interface for a model torch.func cannot vectorise: each member's own forward, in turn.
 
-    Parameters are still stacked (P, ...) leaves, so the vectorised SGD step is unchanged; only the
+    Parameters are still stacked (P, ...) leaves, so the vectorised optimizer step is unchanged; only the
     forward loops over the members, each a real module with its own buffers.
     """
     stacked, _ = stack_module_state(models)
@@ -289,43 +287,6 @@ def _one_at_a_time(models: list[nn.Module], device: torch.device, member_dims: i
 
     params = [v.detach().to(device).requires_grad_(v.requires_grad) for v in stacked.values()]
     return _Batched(params, forward, export, train, keep)
-
-
-class SGD:
-    """``torch.optim.SGD`` for every member at once: its own learning rate, weight decay and momentum.
-
-    Coupled weight decay, dampening 0, no Nesterov: d = g + wd * p; v = momentum * v + d; p = p - lr * v,
-    in place (fresh large tensors cost page faults on the CPU). Velocity is per member, like the rows
-    of the parameters; ``keep(rows)`` drops the members that left the population.
-    """
-
-    def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[Config], like: torch.Tensor) -> None:
-        """``like``: the dtype and device of the per-member values (the training inputs')."""
-        self.lr = _per_member([c.lr for c in configs], like)
-        self.weight_decay = _per_member([c.weight_decay for c in configs], like)
-        self.momentum = _per_member([c.momentum for c in configs], like)
-        self.velocity = [torch.zeros_like(p) for p in params]
-        self._views()
-
-    def _views(self) -> None:
-        """Per-member values shaped to broadcast over each parameter (P, 1, ...), made once per population."""
-        self._shapes = [(-1,) + (1,) * (v.dim() - 1) for v in self.velocity]
-        self._decay = [self.weight_decay.view(shape) for shape in self._shapes]
-        self._momentum = [self.momentum.view(shape) for shape in self._shapes]
-
-    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], alive: torch.Tensor) -> None:
-        """One step of the members where ``alive`` (a diverged member's parameters stay as they were)."""
-        step_size = self.lr * alive
-        for p, g, v, shape, decay, momentum in zip(params, grads, self.velocity, self._shapes, self._decay,
-                                                    self._momentum):
-            g.addcmul_(p, decay)
-            torch.addcmul(g, v, momentum, out=v)
-            p.addcmul_(step_size.view(shape), v, value=-1.0)
-
-    def keep(self, rows: torch.Tensor) -> None:
-        self.lr, self.weight_decay, self.momentum = self.lr[rows], self.weight_decay[rows], self.momentum[rows]
-        self.velocity = [v[rows] for v in self.velocity]
-        self._views()
 
 
 def evaluate(batched: _Batched, params: list[torch.Tensor], kind: Kind, split: tuple[torch.Tensor, torch.Tensor],
@@ -359,8 +320,12 @@ def train_population(
     configs: Sequence[Config],
     epochs: int,
     on_epoch: EpochCallback | None = None,
+    schedule: Schedule | None = None,
 ) -> list[MemberResult]:
-    """Train every configuration (all of one batch size) on ``task``'s device; results in input order."""
+    """Train every configuration (all of one batch size) on ``task``'s device; results in input order.
+
+    ``schedule``: the learning rate over the ``epochs`` (default constant).
+    """
     if not configs:
         return []
     batch_size = configs[0].batch_size
@@ -371,10 +336,14 @@ def train_population(
     n = len(x_train)
     steps = math.ceil(n / batch_size)
     classifying = task.kind == "classification"
+    # Rows grouped by optimizer (in input order within each): each kind's rows are contiguous, and stay so as
+    # members leave, so the optimizer steps them as views rather than gathering them.
+    ids = sorted(range(len(configs)), key=lambda i: OPTIMIZERS.index(optimizer_of(configs[i])))  # each row's input index
+    members = [configs[i] for i in ids]
 
     models = []
     with torch.random.fork_rng(devices=[]):
-        for c in configs:
+        for c in members:
             # The CPU generator is what initialises a model built on the CPU; torch.manual_seed
             # would also seed every accelerator backend, at ~1 ms a call.
             torch.default_generator.manual_seed(c.seed)
@@ -388,13 +357,12 @@ def train_population(
                    "its members train one at a time (slower, same results)")
         batched = _one_at_a_time(models, device, probe.dim())
     params = batched.params
-    # Positions of the trainable parameters: only they get gradients, velocity and steps.
+    # Positions of the trainable parameters: only they get gradients, optimizer state and steps.
     stepped = [k for k, p in enumerate(params) if p.requires_grad]
 
-    ids = list(range(len(configs)))  # original index of each row still training
     results = [MemberResult(c) for c in configs]
     generators = [torch.Generator().manual_seed(c.seed) for c in configs]
-    optimizer = SGD([params[k] for k in stepped], configs, x_train)
+    optimizer = PopulationOptimizer([params[k] for k in stepped], members, x_train, schedule or Schedule(), steps, epochs)
     limit: torch.Tensor | None = None
 
     for epoch in range(1, epochs + 1):
@@ -453,6 +421,8 @@ def train_population(
                 what = "not finite" if not math.isfinite(value) else f"{value:.3g} > {DIVERGENCE_FACTOR:g}x its first loss"
                 r.reason = f"training loss {what} at epoch {epoch}, step {int(step)}"
             diverged.append(i)
+        healthy.sort()  # in input order, whatever the rows' order
+        diverged.sort()
         report = EpochReport(
             epoch,
             healthy,
@@ -484,7 +454,7 @@ def train_population(
     return results
 
 
-def train_and_test(task: Task, config: Config, epochs: int) -> MemberResult:
+def train_and_test(task: Task, config: Config, epochs: int, schedule: Schedule | None = None) -> MemberResult:
     """Train one configuration as the search did and evaluate it on the test split (``hpsearch test``).
 
     The search's own code path, a population of one, with the test split in the validation slot:
@@ -492,6 +462,6 @@ def train_and_test(task: Task, config: Config, epochs: int) -> MemberResult:
     evaluates that slot after every epoch; only the figures after the last epoch are kept, so no
     earlier test figure can be read, let alone steer anything.
     """
-    result = train_population(replace(task, val=task.test), [config], epochs)[0]
+    result = train_population(replace(task, val=task.test), [config], epochs, schedule=schedule)[0]
     del result.val_loss[:-1], result.val_accuracy[:-1]
     return result

@@ -48,29 +48,11 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def torch_sgd():
-    """Train one configuration the plain way, as its own yardstick: torch.optim.SGD over seeded minibatches.
+    """Train one configuration the plain way, as its own yardstick (helpers.torch_train: torch.optim.SGD
+    unless the configuration names another optimizer); returns the trained model."""
+    from helpers import torch_train
 
-    The model is built after torch.manual_seed(config.seed) and the data order drawn from a generator
-    seeded with it, as the population trainer does for each member; returns the trained model.
-    """
-    import torch
-
-    def train(make_model, x, y, config, epochs, loss):
-        torch.manual_seed(config.seed)
-        model = make_model()
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-        order = torch.Generator().manual_seed(config.seed)
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), generator=order)
-            for start in range(0, len(x), config.batch_size):
-                index = perm[start:start + config.batch_size]
-                optimizer.zero_grad()
-                loss(model(x[index]), y[index]).backward()
-                optimizer.step()
-        return model
-
-    return train
+    return torch_train
 
 
 @pytest.fixture()

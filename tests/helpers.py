@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, settings
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from torch import nn
+
 from hpsearch.cli import main
+from hpsearch.optimizers import Schedule
+from hpsearch.space import Config
 from hpsearch.storage.store import DEFAULT_JOURNAL, open_storage, study_names
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: README.md, studies/, examples/
@@ -143,3 +148,60 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def close(a: dict, b: dict) -> float:
     """The largest difference between two state dicts' tensors, key by key (compare it with TOL)."""
     return max(float((a[k].detach() - b[k].detach()).abs().max()) for k in a)
+
+
+# --- the trainer's yardstick: torch.optim and torch.optim.lr_scheduler themselves ---
+
+
+def torch_optimizer(params: list[torch.Tensor], c: Config) -> torch.optim.Optimizer:
+    """The torch.optim optimizer a configuration means (hpsearch.optimizers' docstring)."""
+    kind, lr, wd, m = c.get("optimizer", "sgd"), c.lr, c.weight_decay, c.momentum
+    if kind in ("sgd", "nesterov"):  # torch refuses Nesterov without momentum: it is plain SGD then
+        return torch.optim.SGD(params, lr=lr, momentum=m, weight_decay=wd, nesterov=kind == "nesterov" and m > 0)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(m, 0.999), eps=1e-8, weight_decay=wd)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(m, 0.999), eps=1e-8, weight_decay=wd)
+    return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-8, weight_decay=wd, momentum=m)
+
+
+def torch_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, steps_per_epoch: int, epochs: int,
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The torch.optim.lr_scheduler a Schedule means, stepped after every optimizer step."""
+    lr_scheduler = torch.optim.lr_scheduler
+    total = epochs * steps_per_epoch
+    warm = schedule.warmup * steps_per_epoch
+    # The warm-up first: each scheduler starts from the lr the one before it set, as in torch's own examples.
+    chain = [lr_scheduler.LinearLR(optimizer, 1 / warm, 1.0, warm)] if warm else []
+    if schedule.name == "step":
+        chain.append(lr_scheduler.StepLR(optimizer, step_size=max(1, total // 3), gamma=0.1))
+    elif schedule.name == "cosine":
+        chain.append(lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0))
+    elif schedule.name == "exponential":
+        chain.append(lr_scheduler.ExponentialLR(optimizer, gamma=0.01 ** (1 / total)))
+    if not chain:  # constant, no warm-up
+        return lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return lr_scheduler.ChainedScheduler(chain) if len(chain) > 1 else chain[0]
+
+
+def torch_train(make_model, x, y, c: Config, epochs: int, loss, schedule: Schedule | None = None) -> nn.Module:
+    """One configuration trained the plain way with torch.optim and its scheduler: the trainer's yardstick.
+
+    The model is built after torch.manual_seed(config.seed) and the data order drawn from a generator
+    seeded with it, as the population trainer does for each member; returns the trained model.
+    """
+    torch.manual_seed(c.seed)
+    model = make_model()
+    optimizer = torch_optimizer(list(model.parameters()), c)
+    steps = -(-len(x) // c.batch_size)
+    scheduler = torch_scheduler(optimizer, schedule or Schedule(), steps, epochs)
+    order = torch.Generator().manual_seed(c.seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=order)
+        for start in range(0, len(x), c.batch_size):
+            index = perm[start:start + c.batch_size]
+            optimizer.zero_grad()
+            loss(model(x[index]), y[index]).backward()
+            optimizer.step()
+            scheduler.step()
+    return model

@@ -17,10 +17,10 @@ def test_a_dry_run_of_the_default_grid_prints_its_24_configurations_and_writes_n
     result = run("grid", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "24 configurations to train (0 already in study 'digits-grid'), 5 epochs each, in 2 populations" in result.stdout
-    rows = [line.split() for line in result.stdout.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+){4}\s*", line)]
+    rows = [line.split() for line in result.stdout.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+){5}\s*", line)]
     assert [int(r[0]) for r in rows] == list(range(1, 25))
-    assert {(r[1], r[2], r[3], r[4]) for r in rows} == {
-        (lr, wd, bs, "0.9") for lr in ("0.1", "0.01", "0.001", "0.0001") for wd in ("0", "1e-05", "0.0001")
+    assert {(r[1], r[2], r[3], r[4], r[5]) for r in rows} == {
+        (lr, wd, bs, "0.9", "sgd") for lr in ("0.1", "0.01", "0.001", "0.0001") for wd in ("0", "1e-05", "0.0001")
         for bs in ("32", "128")}
     assert re.search(r"Estimated time: (\d+\.\d s|\d+:\d\d:\d\d) ", result.stdout)
     assert "batch size 32, 12 members" in result.stdout and "batch size 128, 12 members" in result.stdout
@@ -93,7 +93,7 @@ def test_a_dry_run_of_a_large_grid_summarises_its_points(workdir):
     result = run("grid", "--lr", "1e-4:1e-1:6400", "--weight-decay", "0,1e-4", "--batch-size", "128", "--epochs", "1",
                  "--device", "cpu", "--dry-run")
     assert result.exit_code == 0, result.output
-    rows = [line.split() for line in result.stdout.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+){4}\s*", line)]
+    rows = [line.split() for line in result.stdout.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+){5}\s*", line)]
     assert [int(r[0]) for r in rows] == [*range(1, 11), *range(12791, 12801)]
     assert "the first and last 10 of 12,800 configurations" in " ".join(result.stdout.split())
     assert "12800 configurations to train" in result.stdout

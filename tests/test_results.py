@@ -41,7 +41,7 @@ def test_diagnosis_of_trials_that_did_not_finish():
 # --- edges, distance to the best, phase ---
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    base = {"study": "s", "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9, "epochs": 2, "val_loss": 0.5,
+    base = {"study": "s", "weight_decay": 0.0, "batch_size": 32, "momentum": 0.9, "optimizer": "sgd", "epochs": 2, "val_loss": 0.5,
             "train_loss": 0.4, "outcome": "completed", "stopped_epoch": None, "seconds": 0.1, "reason": "",
             "phase": "grid", "diagnosis": "healthy"}
     return pd.DataFrame([{**base, "trial": i, **row} for i, row in enumerate(rows)])

@@ -22,7 +22,7 @@ def test_grid_writes_trials_plain_optuna_can_read(workdir):
     assert len(study.trials) == 8 and study.direction == optuna.study.StudyDirection.MAXIMIZE
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
-        assert set(t.params) == {"lr", "weight_decay", "batch_size", "momentum"}
+        assert set(t.params) == {"lr", "weight_decay", "batch_size", "momentum", "optimizer"}
         assert sorted(t.intermediate_values) == [1, 2]
         assert t.value == t.intermediate_values[2] == t.user_attrs["val_accuracy"][-1]
         assert len(t.user_attrs["val_loss"]) == len(t.user_attrs["train_loss"]) == 2

@@ -173,7 +173,7 @@ def test_optimizers_and_a_schedule_come_back_in_the_study_file(workdir):
     text = (workdir / "opt.toml").read_text()
     assert 'optimizer = "sgd,adam"' in text and 'schedule = "cosine"' in text and "warmup = 1" in text
     again = run("grid", "--config", "opt.toml")  # the same settings: the study continues, nothing to train
-    assert again.exit_code == 0 and "Trained 0 trials" in again.stdout, again.output
+    assert again.exit_code == 0 and "Nothing to train: study 'opt' already has its 2 trials" in again.stdout, again.output
     (workdir / "bad.toml").write_text('schedule = "linear"\n')
     bad = run("grid", "--config", "bad.toml")
     assert bad.exit_code == 2 and "key 'schedule' = 'linear': choose one of constant, step" in bad.stderr

@@ -37,7 +37,7 @@ class _SeededByTrial:
         fixed = param(param_name).fixed if param_name in param_names() else None
         if fixed is not None and "fixed_params" in trial.system_attrs:
             # a grid point queued by an older hpsearch, before this parameter existed: it trains at its fixed value
-            return param_distribution.to_internal_repr(fixed)
+            return fixed
         self._rng.rng.seed(trial_seed(self.seed, trial, param_name))
         return super().sample_independent(study, trial, param_name, param_distribution)  # type: ignore[misc]
 
