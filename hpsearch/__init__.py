@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # what type checkers see (py.typed); at run time __getattr__ 
     from hpsearch.errors import HpsearchError as HpsearchError
     from hpsearch.errors import Interrupted as Interrupted
     from hpsearch.errors import RuntimeFailure as RuntimeFailure
+    from hpsearch.objective.hp import HP as HP
+    from hpsearch.objective.hp import TrialEnded as TrialEnded
+    from hpsearch.objective.hp import hparams as hparams
+    from hpsearch.objective.hp import report_epoch as report_epoch
     from hpsearch.report.results import load_results as load_results
     from hpsearch.search.run import Progress as Progress
     from hpsearch.search.run import SearchOutcome as SearchOutcome
@@ -39,6 +43,7 @@ _API = {
     "run_search": "search.run", "Progress": "search.run", "SearchOutcome": "search.run",
     "load_results": "report.results",
     "HpsearchError": "errors", "BadInput": "errors", "RuntimeFailure": "errors", "Interrupted": "errors",
+    "HP": "objective.hp", "TrialEnded": "objective.hp", "hparams": "objective.hp", "report_epoch": "objective.hp",
 }
 __all__ = sorted(_API)
 

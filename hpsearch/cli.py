@@ -16,7 +16,7 @@ from hpsearch.errors import HpsearchError, Interrupted
 from hpsearch.space import OPTIMIZERS, Param
 from hpsearch.space import params as space_params
 from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, INT_BOUNDS, KINDS, MAX_POINTS,
-                           PRUNERS, SCHEDULES)
+                           METRICS, PRUNERS, SCHEDULES)
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
 REPORT_FORMATS = ("table", "csv", "markdown", "json", "html", "toml")  # each but table is a key of report.FORMATS
@@ -95,7 +95,7 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 
     # file keys are the flags' names with underscores: --weight-decay is weight_decay, --from is from
     names = {p.opts[0].lstrip("-").replace("-", "_"): p.name for p in ctx.command.get_params(ctx)
-             if isinstance(p, click.Option) and p.name not in ("config", "dry_run", "show")}
+             if isinstance(p, (click.Option, click.Argument)) and p.name not in ("config", "dry_run", "show")}
     values = read_study_file(value, ctx.command.name, set(names))
     ctx.default_map = {**(ctx.default_map or {}), **{names[key]: v for key, v in values.items()}}
 
@@ -108,6 +108,16 @@ TASK_OPTIONS = [  # what to tune: shared by the searches and `check`
     click.option("--target", metavar="COLUMN", help="The label column of a .csv --data file."),
     click.option("--kind", type=click.Choice(KINDS), help="Of a --data file. [default: integer or text "
                  "targets are classes, floating-point targets regression]"),
+]
+OWN_CODE_OPTIONS = [  # your own training code instead of a task: the searches only (refine and test carry them over)
+    click.option("--objective", metavar="FILE.py:FUNCTION", help="Tune your own training function: hpsearch calls "
+                 "FUNCTION(hp) per trial; it reads hp.lr, hp.weight_decay, ... and calls hp.report(epoch, "
+                 "val_accuracy=..., val_loss=..., train_loss=...) each epoch. Or give a command after -- instead."),
+    click.option("--timeout", type=float, metavar="SECONDS", help="Your own code: a trial running longer is "
+                 "stopped and recorded as timed_out; the search goes on."),
+    click.option("--metric", type=click.Choice(METRICS), help="Your own code: what to rank by, val_accuracy "
+                 "(maximised) or val_loss (minimised, e.g. regression). [default: val_accuracy]"),
+    click.argument("run", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND...]"),
 ]
 CONFIG_OPTION = click.option(
     "--config", metavar="FILE", callback=_read_config, is_eager=True, expose_value=False,
@@ -173,6 +183,7 @@ def _search_options(sampled: bool) -> Callable[[Callable], Callable]:
         CONFIG_OPTION,
         DRY_RUN_OPTION,
         *TASK_OPTIONS,
+        *OWN_CODE_OPTIONS,
         click.option("--epochs", type=int, default=DEFAULT_EPOCHS, show_default=True, help="Epochs per trial."),
         click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
                      help="Seed; each configuration's seed derives from it and the values."),
@@ -279,6 +290,9 @@ def grid(**flags: Any) -> None:
       hpsearch grid --config studies/digits-coarse.toml   # a study file (flags override it)
       hpsearch grid --dry-run                             # the 24 points and the estimated time
       hpsearch grid --jobs 4                              # 4 worker processes share the grid
+      hpsearch grid --objective examples/train_cnn.py:objective    # your own training function
+      hpsearch grid -- python examples/train_cnn.py --lr {lr} --weight-decay {weight_decay} \\
+                       --batch-size {batch_size} --epochs {epochs}  # any command, one JSON line per epoch
     Re-running the same command (after Ctrl-C, kill -9, a crash) trains only the points still missing.
     """
     _run("grid", **flags)
@@ -298,6 +312,7 @@ def random(**flags: Any) -> None:
       hpsearch random --task digits --trials 20 --study r
       hpsearch random --trials 200 --dry-run     # the budget and the estimated time, nothing trained
       hpsearch random --trials 200 --jobs 4      # 4 worker processes share the budget
+      hpsearch random --trials 30 --timeout 600 -- python train.py --lr {lr}   # your own script
     """
     _run("random", **flags)
 

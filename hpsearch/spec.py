@@ -18,7 +18,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Mapping, get_args
+from typing import Iterator, Literal, Mapping, Sequence, get_args
 
 from hpsearch.errors import BadInput
 from hpsearch.space import (BATCH_BOUNDS, MAX_POINTS, Config, Dimension, Param, Range, SearchSpace, Value, fmt,
@@ -258,6 +258,16 @@ class StudySpec:
     max_points: int = MAX_POINTS  # the largest grid (and counted range) taken; see MAX_POINTS
     schedule: str = "constant"  # the learning rate over training: constant | step | cosine | exponential
     warmup: int = 0  # epochs of linear warm-up before the schedule (0: none)
+    # The user's own training code instead of a task (hpsearch.objective): a function FILE.py:NAME called with
+    # each trial's hp, or a command (everything after --) run once per trial; at most one of them.
+    objective: str | None = None
+    run: tuple[str, ...] = ()
+    timeout: float | None = None  # seconds one trial of the user's code may take; past it: timed_out
+
+    @property
+    def own_code(self) -> bool:
+        """Whether the user's own code trains (--objective or a command), not the population trainer."""
+        return self.objective is not None or bool(self.run)
 
     def grid_points(self) -> list[dict[str, float]]:
         """The points a grid study trains: the listed ones, else every point of the space."""
@@ -289,6 +299,11 @@ class StudySpec:
         """The settings that change results; stored on the study and compared on a re-run."""
         out: dict[str, object] = {"command": self.command, "task": self.task, "epochs": self.epochs, "seed": self.seed,
                                   "prune": self.prune}
+        if self.own_code:  # what trains is the user's code, not a task
+            del out["task"]
+            out.update({"objective": self.objective} if self.objective is not None else {"run": list(self.run)})
+            if self.timeout is not None:
+                out["timeout"] = self.timeout
         out.update({key: value for key, value in (("target", self.target), ("kind", self.kind), ("metric", self.metric))
                     if value is not None})
         # only when set, so that a study stored before schedules existed has the same settings
@@ -321,6 +336,10 @@ def build_spec(
     max_points: int = MAX_POINTS,
     schedule: str = "constant",
     warmup: int = 0,
+    objective: str | None = None,
+    run: Sequence[str] = (),
+    timeout: float | None = None,
+    metric: str | None = None,
     **values: str | None,
 ) -> StudySpec:
     """A validated StudySpec from a command's flags; ``values``: each parameter's VALUES text (None: the default)."""
@@ -330,7 +349,18 @@ def build_spec(
     if unknown:
         raise TypeError(f"build_spec() got unexpected keyword arguments {unknown}")
     space = parse_space(command, values)
-    task, stem = task_reference(task, data, target, kind)
+    if objective is not None or run:
+        task, stem = own_code_reference(objective, tuple(run), task, data, timeout, metric)
+        if schedule != "constant" or warmup:
+            raise BadInput(f"--schedule {schedule} --warmup {warmup}: the population trainer's; your own code sets "
+                           "its own learning-rate schedule (hp.epochs says how long it trains)")
+    else:
+        if timeout is not None:
+            raise BadInput(f"--timeout {timeout:g}: only for your own code (--objective or a command after --); "
+                           "the population trainer's trials have no time limit")
+        if metric is not None:
+            raise BadInput(f"--metric {metric}: only for your own code; a task's kind sets its metric")
+        task, stem = task_reference(task, data, target, kind)
     check_int("epochs", epochs)
     check_int("seed", seed)
     if command != "grid":
@@ -347,7 +377,8 @@ def build_spec(
     check_max_points(max_points)
     check_schedule(schedule, warmup, epochs)
     spec = StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune, target=target, kind=kind,
-                     jobs=jobs, retries=retries, max_points=max_points, schedule=schedule, warmup=warmup)
+                     jobs=jobs, retries=retries, max_points=max_points, schedule=schedule, warmup=warmup,
+                     objective=objective, run=tuple(run), timeout=timeout, metric=metric)
     spec.check_size()
     return spec
 
@@ -366,6 +397,36 @@ def check_max_points(max_points: int) -> int:
     if max_points < 1:
         raise BadInput(f"--max-points {max_points}: allow at least 1 point")
     return max_points
+
+
+METRICS = ("val_accuracy", "val_loss")  # what a study ranks by: accuracy maximised, loss minimised
+
+
+def own_code_reference(objective: str | None, run: tuple[str, ...], task: str | None, data: str | None,
+                       timeout: float | None, metric: str | None) -> tuple[str, str]:
+    """Check the user's own code's settings: a function reference or a command, not both, and no task.
+
+    Returns the spec's task label and the default study stem (the function's name, or the script's).
+    """
+    if objective is not None and run:
+        raise BadInput(f"give --objective or a command after --, not both (--objective {objective} -- {' '.join(run)})")
+    if task is not None or data is not None:
+        what = f"--task {task}" if task is not None else f"--data {data}"
+        raise BadInput(f"{what}: your own code (--objective or a command) trains without a task; give one or the other")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise BadInput(f"--timeout {timeout:g}: give a number of seconds > 0")
+    if metric is not None and metric not in METRICS:
+        raise BadInput(f"--metric {metric}: choose one of {', '.join(METRICS)}")
+    if objective is not None:
+        where, _, function = objective.rpartition(":")
+        module = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+        if not (function.isidentifier() and (where.endswith(".py") or re.fullmatch(module, where))):
+            raise BadInput(f"--objective {objective}: give FILE.py:FUNCTION or package.module:FUNCTION")
+        return objective, function
+    if any(not part.isprintable() for part in run):
+        raise BadInput("the command after --: a part holds a newline or another control character")
+    script = next((Path(part).stem for part in run if Path(part).suffix in (".py", ".sh")), Path(run[0]).name)
+    return "command", re.sub(r"[^A-Za-z0-9_.\-]+", "-", script).strip("-.") or "command"
 
 
 def task_reference(task: str | None, data: str | None, target: str | None, kind: str | None) -> tuple[str, str]:

@@ -9,6 +9,8 @@ A study file holds the same settings as the flags, under the flags' names with u
     batch_size = {low = 32, high = 128}   # or a table {low, high[, count]} (a range)
     momentum = 0.9                        # or one number
     optimizer = ["sgd", "adam"]           # names: a TOML list, or "sgd,adam"
+    objective = "train.py:objective"      # your own code: a function, or
+    run = ["python", "train.py", "--lr", "{lr}"]   # a command (also as command = [...])
     epochs = 5
     study = "digits-coarse"
 
@@ -30,7 +32,7 @@ else:  # pragma: no cover - the same parser, from PyPI
 
 from hpsearch.errors import BadInput
 from hpsearch.space import names as param_names
-from hpsearch.spec import (BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, PRUNERS, SCHEDULES, check_int, fmt,
+from hpsearch.spec import (BUILTIN_TASKS, COMMANDS, DATA_SUFFIXES, KINDS, METRICS, PRUNERS, SCHEDULES, check_int, fmt,
                            parse_values)
 
 # Every key a study file may hold, with its TOML type; the registered parameters are read by _values_text.
@@ -39,9 +41,11 @@ KEYS: dict[str, type] = {
     "command": str, "task": str, "data": str, "target": str, "kind": str, "epochs": int, "seed": int,
     "trials": int, "prune": str, "storage": str, "study": str, "device": str, "jobs": int, "retries": int,
     "from": list, "top": int, "sampler": str, "schedule": str, "warmup": int,
+    "objective": str, "timeout": float, "metric": str,
 }
-CHOICES = {"command": (*COMMANDS, "refine"), "prune": PRUNERS, "kind": KINDS, "sampler": COMMANDS, "schedule": SCHEDULES}
-_TOML_TYPES = {str: "a string", int: "an integer", list: "a list of study names"}
+CHOICES = {"command": (*COMMANDS, "refine"), "prune": PRUNERS, "kind": KINDS, "sampler": COMMANDS, "schedule": SCHEDULES,
+           "metric": METRICS}
+_TOML_TYPES = {str: "a string", int: "an integer", float: "a number", list: "a list of study names"}
 
 
 def read_study_file(path: str | Path, command: str, options: Collection[str]) -> dict[str, Any]:
@@ -68,14 +72,22 @@ def read_study_file(path: str | Path, command: str, options: Collection[str]) ->
         raise BadInput(f"{where}: holds a number too long to read; integers are far smaller") from None
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in KEYS and key not in param_names():
+        if key not in KEYS and key not in param_names() and key != "run":
             close = difflib.get_close_matches(key.replace("-", "_"), [*param_names(), *KEYS], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f"; keys: {', '.join([*param_names(), *KEYS])}"
             raise BadInput(f"{where}: unknown key '{key}'{hint}")
         if key in param_names():
             values[key] = _values_text(key, value, where)
             continue
+        if key == "run" or (key == "command" and isinstance(value, list)):  # a trial's command (after -- in a shell)
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise BadInput(f"{where}: key '{key}' is the command of one trial, a list of strings "
+                               'such as ["python", "train.py", "--lr", "{lr}"]')
+            values["run"] = tuple(value)
+            continue
         wanted = KEYS[key]
+        if wanted is float and type(value) is int:
+            value = float(value)
         if type(value) is not wanted or (wanted is list and not all(isinstance(v, str) for v in value)):
             # type(), not isinstance: TOML's true is no integer here
             raise BadInput(f"{where}: key '{key}' must be {_TOML_TYPES[wanted]}, not {_describe(value)}")
@@ -138,11 +150,19 @@ def study_file_text(study: str, settings: Mapping[str, Any], trials: int) -> str
         source = settings["source"]
         entries = {"command": "refine", "from": list(source.get("studies", [])), "top": source.get("top"),
                    "sampler": command}
+    elif settings.get("objective"):
+        entries["objective"] = settings["objective"]
+        entries.update(dict(settings.get("space") or {}))
+    elif settings.get("run"):
+        entries["run"] = list(settings["run"])
+        entries.update(dict(settings.get("space") or {}))
     else:
         entries["data" if task.endswith(DATA_SUFFIXES) and task not in BUILTIN_TASKS else "task"] = task
         entries.update({k: settings[k] for k in ("target", "kind") if settings.get(k) is not None})
         entries.update(dict(settings.get("space") or {}))
-    entries.update({k: settings[k] for k in ("epochs", "seed", "prune", "schedule", "warmup") if k in settings})
+    entries.update({k: settings[k] for k in ("epochs", "seed", "prune", "schedule", "warmup", "timeout") if k in settings})
+    if settings.get("objective") or settings.get("run"):
+        entries.update({"metric": settings["metric"]} if settings.get("metric") not in (None, "val_accuracy") else {})
     if command != "grid":
         entries["trials"] = settings.get("trials", trials)
     entries["study"] = study

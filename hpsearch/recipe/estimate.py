@@ -172,8 +172,14 @@ def estimate_plan(plan: Plan, task: "Task") -> Estimate:
 
 
 def estimate_search(spec: StudySpec) -> tuple[Plan, Estimate]:
-    """Plan ``spec``'s run and estimate its time: loads the task, trains a few steps, writes nothing."""
+    """Plan ``spec``'s run and estimate its time: loads the task, trains a few steps, writes nothing.
+
+    The user's own code cannot be timed without running a trial of it, which a dry run does not do:
+    its estimate is NaN (unknown).
+    """
     plan = plan_search(spec)
+    if spec.own_code:
+        return plan, Estimate(math.nan, 0.0, {}, {})
     started = time.perf_counter()
     from hpsearch.tasks.builtin import load_task  # importing torch counts: a search in a new process pays it too
     from hpsearch.train import resolve_device
@@ -185,6 +191,7 @@ def estimate_search(spec: StudySpec) -> tuple[Plan, Estimate]:
 
 
 def training_seconds(spec: StudySpec) -> float:
-    """The estimated seconds of training left in ``spec``'s run in this process (a progress bar's first ETA)."""
+    """The estimated seconds of training left in ``spec``'s run in this process (a progress bar's first ETA;
+    NaN for the user's own code: the bar's ETA then comes from the trials as they end)."""
     measured = estimate_search(spec)[1]
     return measured.seconds - measured.startup

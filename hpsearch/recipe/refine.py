@@ -36,7 +36,7 @@ import optuna
 import pandas as pd
 
 from hpsearch.errors import BadInput
-from hpsearch.report.results import Results, edge_flags, read_results, searched_ranges
+from hpsearch.report.results import Results, edge_flags, read_results, searched_ranges, what_trains
 from hpsearch.search.records import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
 from hpsearch.space import grid_order, names as param_names, param
 from hpsearch.spec import (
@@ -180,7 +180,7 @@ def _settings(results: Results, names: Sequence[str]) -> dict[str, Mapping[str, 
             raise not_hpsearch(name, "refine --from takes studies that hpsearch searched")
         settings[name] = results.settings(name)
     first = names[0]
-    task = [(s.get("task"), s.get("target"), s.get("kind")) for s in settings.values()]
+    task = [(what_trains(s), s.get("target"), s.get("kind")) for s in settings.values()]
     for name, this in zip(names, task):
         if this != task[0]:
             raise BadInput(f"study '{name}' is of task {this[0]}, study '{first}' of task {task[0][0]}; "
@@ -333,7 +333,10 @@ def refine_spec(
         epochs = max(source_epochs, min(MAX_EPOCHS, max(MIN_EPOCHS, EPOCHS_FACTOR * source_epochs)))
     origin = [{"study": r["study"], "trial": int(r["trial"]), "params": _params(r)} for r in best.to_dict("records")]
     source = {"studies": names, "trials": origin, "top": top, "rule": RULE}
-    spec = build_spec(sampler, task=str(first["task"]), target=first.get("target"),  # type: ignore[arg-type]
+    own = {"objective": first.get("objective"), "run": tuple(first.get("run") or ()),  # type: ignore[call-overload]
+           "timeout": first.get("timeout"), "metric": first.get("metric")} if (
+        first.get("objective") or first.get("run")) else {"task": str(first["task"])}
+    spec = build_spec(sampler, **own, target=first.get("target"),  # type: ignore[arg-type]
                       kind=first.get("kind"), epochs=epochs,  # type: ignore[arg-type]
                       seed=seed,
                       trials=trials, study=target, storage=storage, device=device,

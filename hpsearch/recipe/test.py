@@ -14,18 +14,22 @@ beside the trial's own.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hpsearch.errors import BadInput, RuntimeFailure
+from hpsearch.objective import Failure, objective_for
 from hpsearch.report.render import training_text
 from hpsearch.report.results import rank, trials_frame
 from hpsearch.search.records import (OUTCOME, SETTINGS_ATTR, TEST_ATTR, VAL_ACCURACY, VAL_LOSS, decode_params,
                                      made_by_hpsearch, not_hpsearch, param_config, write_test_result)
-from hpsearch.spec import bounds_text, check_int, check_schedule, in_bounds, point_problem
-from hpsearch.storage.store import load_study, open_storage
+from hpsearch.spec import Config, bounds_text, build_spec, check_int, check_schedule, in_bounds, point_problem
+from hpsearch.storage.store import Store, load_study, logs_folder, open_storage
+
+if TYPE_CHECKING:
+    from hpsearch.train import MemberResult
 
 class AlreadyTested(BadInput):
     """The study's test result is recorded already; ``recorded`` holds it."""
@@ -88,14 +92,19 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
     given = (epochs, schedule, warmup)
     epochs, schedule, warmup = (searched[k] if given[k] is None else given[k] for k in range(3))  # type: ignore[assignment]
     assert epochs is not None and schedule is not None and warmup is not None
-    check_schedule(schedule, warmup, epochs)
+    if settings.get("objective") or settings.get("run"):
+        result = _own_code_test(name, settings, store, chosen.number, config, epochs, device, schedule, warmup)
+    else:
+        check_schedule(schedule, warmup, epochs)
 
-    from hpsearch.optimizers import Schedule
-    from hpsearch.tasks.builtin import load_task
-    from hpsearch.train import resolve_device, train_and_test
+        from hpsearch.optimizers import Schedule
+        from hpsearch.tasks.builtin import load_task
+        from hpsearch.train import resolve_device, train_and_test
 
-    task = load_task(str(settings["task"]), settings.get("target"), settings.get("kind")).to(resolve_device(device))
-    result = train_and_test(task, config, epochs, schedule=Schedule(schedule, warmup))
+        task = load_task(str(settings["task"]), settings.get("target"), settings.get("kind")).to(resolve_device(device))
+        result = train_and_test(task, config, epochs, schedule=Schedule(schedule, warmup))
+    if isinstance(result, Failure):
+        raise RuntimeFailure(f"trial {chosen.number}'s configuration failed on the test split: {result.reason}")
     if result.outcome != "completed":
         raise RuntimeFailure(f"trial {chosen.number}'s configuration did not train to the end this time: {result.reason}")
     record = {
@@ -120,6 +129,18 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
         record["evaluations"] = int(latest.get("evaluations", 1)) + 1 if latest else 1
         write_test_result(study, record)
     return record
+
+
+def _own_code_test(name: str, settings: dict[str, Any], store: Store, trial: int, config: Config, epochs: int,
+                   device: str, schedule: str, warmup: int) -> MemberResult | Failure:
+    """The user's function or command run once for ``config`` with split "test" (its log in logs/STUDY/test/)."""
+    spec = build_spec("grid", objective=settings.get("objective"), run=settings.get("run") or (),
+                      metric=settings.get("metric"), timeout=settings.get("timeout"), epochs=epochs, device=device,
+                      schedule=schedule, warmup=warmup, study=name)
+    objective = objective_for(spec, logs_folder(store, name) / "test", split="test")
+    objective.prepare()
+    ((_, results),) = list(objective.train([config], epochs, lambda members, report: [], [trial]))
+    return results if isinstance(results, Failure) else results[0]
 
 
 def _last(curve: list[float] | None) -> float | None:

@@ -92,8 +92,9 @@ def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None,
 def failure_lines(frame: pd.DataFrame, most: int = 5) -> list[str]:
     """One line per failed trial with its reason (diverged and pruned ones explain themselves, and died or
     interrupted ones were queued again)."""
-    failed = frame[frame["outcome"].isin(["failed", "out_of_memory"])]
-    lines = [f"trial {r.trial} failed: {r.reason}" for r in failed.head(most).itertuples()]
+    failed = frame[frame["outcome"].isin(["failed", "out_of_memory", "timed_out"])]
+    lines = [f"trial {r.trial} {'failed' if r.outcome != 'timed_out' else 'timed out'}: {r.reason}"
+             for r in failed.head(most).itertuples()]
     if len(failed) > most:
         lines.append(f"... and {len(failed) - most} more failed trials (hpsearch report --format csv has every reason)")
     return lines
@@ -160,7 +161,7 @@ class _Eta(TimeRemainingColumn):
         self.estimate = estimate
 
     def render(self, task: Task) -> Text:
-        if self.estimate is None or task.time_remaining is not None or task.finished:
+        if self.estimate is None or math.isnan(self.estimate) or task.time_remaining is not None or task.finished:
             return super().render(task)
         left = max(0, round(self.estimate - (task.elapsed or 0.0)))
         return Text(str(datetime.timedelta(seconds=left)), style="progress.remaining")
@@ -197,13 +198,18 @@ def plan_lines(plan: Plan, estimate: Estimate) -> list[str]:
     if spec.command != "grid":
         space = ", ".join(f"{name} {text}" for name, text in spec.space.texts().items())
         lines.append(f"Sampler: {spec.command} (seed {spec.seed}), {spec.trials} trials in all; space: {space}")
+    populations = "one at a time" if spec.own_code else f"in {len(plan.populations)} populations"
     lines.append(f"{plan.to_train} configurations to train ({plan.already} already in study '{spec.study}'), "
-                 f"{spec.epochs} epochs each, in {len(plan.populations)} populations.")
+                 f"{spec.epochs} epochs each, {populations}.")
     for (size, members), step in sorted(estimate.step_ms.items()):
         seconds = estimate.epoch_seconds[(size, members)]
         lines.append(f"Measured: batch size {size}, {members} members: {step:.2f} ms a step, {seconds:.2f} s an epoch")
-    lines.append(f"Estimated time: {_duration(estimate.seconds)} (start-up {_duration(estimate.startup)}). "
-                 "Nothing was trained or written.")
+    if math.isnan(estimate.seconds):
+        lines.append("Estimated time: unknown: your own code's trials cannot be timed without running one; the "
+                     "progress bar's ETA follows the trials as they end. Nothing was trained or written.")
+    else:
+        lines.append(f"Estimated time: {_duration(estimate.seconds)} (start-up {_duration(estimate.startup)}). "
+                     "Nothing was trained or written.")
     return lines
 
 

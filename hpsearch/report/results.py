@@ -24,7 +24,7 @@ def columns() -> list[str]:
     """The frame's (and the CSV's) columns: a column per registered parameter after the trial's number."""
     return ["rank", "study", "trial", *param_names(), *_AFTER_PARAMS]
 METRICS = ["val_accuracy", "val_loss", "train_loss"]
-_LAST = ["pruned", "diverged", "failed", "out_of_memory", "died", "interrupted", "running"]  # the order of rows without a result
+_LAST = ["pruned", "diverged", "failed", "timed_out", "out_of_memory", "died", "interrupted", "running"]  # the order of rows without a result
 _OUTCOME = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "diverged", TrialState.FAIL: "failed",
             TrialState.RUNNING: "running"}
 
@@ -168,7 +168,7 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
             if made_by_hpsearch(study):
                 settings = study.user_attrs[SETTINGS_ATTR]
                 pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max  # regression: lowest loss
-                row.update(command=settings.get("command", ""), task=settings.get("task", ""),
+                row.update(command=settings.get("command", ""), task=what_trains(settings),
                            best_val_accuracy=pick((t.value for t in trials if t.value is not None), default=None))
             else:
                 row.update(command="foreign", task=_directions(study))
@@ -250,6 +250,8 @@ def diagnose(outcome: str, train_loss: Sequence[float], val_loss: Sequence[float
         return f"{outcome} at epoch {stopped_epoch}" if stopped_epoch is not None else outcome
     if outcome != "completed":  # failed, out_of_memory, died, interrupted: the reason says why
         return f"{outcome}: {reason}" if reason else outcome
+    if not train_loss or not val_loss:  # the user's code reported no loss curve (only accuracy, say)
+        return "no loss curves"
     if min(len(train_loss), len(val_loss)) < 2:
         return "too short"
     first, before, last = train_loss[0], train_loss[-2], train_loss[-1]
@@ -261,6 +263,15 @@ def diagnose(outcome: str, train_loss: Sequence[float], val_loss: Sequence[float
     if val_loss[-1] < val_loss[-2] and before - last >= STILL_FALLING * (first - last):
         return "underfitting"
     return "healthy"
+
+
+def what_trains(settings: Mapping[str, object]) -> str:
+    """A study's task, or the user's own code that trained it (``--objective F.py:NAME`` or ``-- COMMAND``)."""
+    if settings.get("objective"):
+        return f"--objective {settings['objective']}"
+    if settings.get("run"):
+        return "-- " + " ".join(map(str, settings["run"]))  # type: ignore[call-overload]
+    return str(settings.get("task", ""))
 
 
 def phase(settings: Mapping[str, object]) -> str:

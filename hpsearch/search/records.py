@@ -6,7 +6,8 @@ already hold, so they do not change.
 
 Trial attributes:
 
-    outcome        an Outcome's value: completed | diverged | pruned | failed | out_of_memory | died | interrupted
+    outcome        an Outcome's value: completed | diverged | pruned | failed | out_of_memory | timed_out | died |
+                   interrupted
     reason         why a trial did not complete (empty when it did)
     epochs         epochs trained
     train_loss     per-epoch mean training loss (list)
@@ -68,6 +69,7 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"
     OUT_OF_MEMORY = "out_of_memory"
     DIED = "died"  # its worker was killed; queued again
+    TIMED_OUT = "timed_out"  # the user's code ran past --timeout
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM; queued again
     RUNNING = "running"  # never stored: what results call a trial still in flight
 
@@ -139,7 +141,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: MemberResult, prune: 
     attrs: dict[str, Any] = {
         OUTCOME: result.outcome,
         REASON: result.reason,
-        EPOCHS: len(result.val_loss),
+        EPOCHS: max(len(result.val_loss), len(result.val_accuracy)),  # the user's code may report one of them
         TRAIN_LOSS: result.train_loss,
         VAL_LOSS: result.val_loss,
         VAL_ACCURACY: result.val_accuracy,

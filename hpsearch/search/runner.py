@@ -18,15 +18,15 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from hpsearch.errors import BadInput, HpsearchError, Interrupted, RuntimeFailure
-from hpsearch.objective import Failure, Objective, PopulationObjective
+from hpsearch.objective import Failure, Objective, objective_for
 from hpsearch import signals
 from hpsearch.search import samplers
 from hpsearch.search.records import (SETTINGS_ATTR, Outcome, attempt, beat, claimable, fail, finished,
                                      not_hpsearch, param_config, queued_params, requeue, tell, write_settings)
 from hpsearch.search.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere
-from hpsearch.space import names as param_names, param, params as space_params
+from hpsearch.space import param, params as space_params
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, Value, make_config
-from hpsearch.storage.store import Store, open_storage, study_names
+from hpsearch.storage.store import Store, logs_folder, open_storage, study_names
 
 if TYPE_CHECKING:
     from hpsearch.train import EpochReport
@@ -66,13 +66,15 @@ def best_value(trials: Sequence[optuna.trial.FrozenTrial], minimize: bool = Fals
 # Settings keys added after studies already existed, and what a study without them meant.
 _LEGACY = {"metric": "val_accuracy"}
 # Settings written only when not at their default (StudySpec.settings), and that default.
-_OMITTED = {"schedule": "constant", "warmup": 0}
+_OMITTED: dict[str, object] = {"schedule": "constant", "warmup": 0, "objective": None, "run": None}
 
 
 def _metric(spec: StudySpec) -> str:
     """The objective: validation accuracy for classification, validation loss for regression."""
     if spec.metric is not None:
         return spec.metric
+    if spec.own_code:  # the user's code reports what it reports: accuracy unless --metric val_loss says otherwise
+        return "val_accuracy"
     if spec.task in BUILTIN_TASKS:  # all classification: no need to load them
         return "val_accuracy"
     from hpsearch.tasks.builtin import load_task
@@ -87,7 +89,7 @@ def _check_settings(study: optuna.Study, spec: StudySpec) -> None:
         write_settings(study, wanted)
         return
     # A re-run may top up a budget or grow a grid: recorded as the latest, never refused.
-    revisable = ("trials", "space") if spec.command == "grid" else ("trials",)
+    revisable = ("trials", "space", "timeout") if spec.command == "grid" else ("trials", "timeout")
     latest = {key: wanted[key] for key in revisable if key in wanted and stored.get(key) != wanted[key]}
     for key in [*wanted, *(k for k in _OMITTED if k in stored and k not in wanted)]:
         value = wanted.get(key, _OMITTED.get(key))
@@ -214,7 +216,7 @@ class _Runner:
             return prune
 
         try:
-            for members, results in self.objective.train(configs, self.spec.epochs, on_epoch):
+            for members, results in self.objective.train(configs, self.spec.epochs, on_epoch, [t.number for t in trials]):
                 group = [trials[i] for i in members]
                 if isinstance(results, Failure):
                     self._failed(group, results)
@@ -240,6 +242,8 @@ class _Runner:
                 run = attempt(trial)
                 if failure.out_of_memory:
                     self._fail(trial, Outcome.OUT_OF_MEMORY, failure.reason)
+                elif failure.timed_out:
+                    self._fail(trial, Outcome.TIMED_OUT, failure.reason)
                 elif run <= self.spec.retries:
                     self._fail(trial, Outcome.FAILED, f"{failure.reason} (attempt {run}; retry queued)", requeued=True)
                     requeue(self.study, trial, run + 1)
@@ -409,7 +413,8 @@ def run_here(spec: StudySpec, progress: ProgressCallback | None = None, objectiv
     """Run (or continue) the study ``spec`` describes in this process (see hpsearch.search.run.run_search)."""
     spec, store, study = prepare_study(spec, strategy)
     with signals.terminate_interrupts():
-        runner = _Runner(spec, study, store, objective or PopulationObjective.for_spec(spec), strategy, progress)
+        objective = objective or objective_for(spec, logs_folder(store, spec.study))
+        runner = _Runner(spec, study, store, objective, strategy, progress)
         try:
             if spec.command == "grid":
                 runner.grid()

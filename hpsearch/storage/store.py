@@ -329,3 +329,13 @@ def repair_journal(url: str | None) -> Repair:
     if not Path(location).is_file():
         raise BadInput(f"no journal at {location}; give its path with --storage")
     return repair(location, redact(location))
+
+
+def logs_folder(store: Store, study: str) -> Path:
+    """Where the user's code's trial logs go: ``logs/STUDY/`` beside the journal or SQLite file (so that
+    studies/hpsearch.journal has studies/logs/STUDY/trial-N.log); for a database server, ./studies/logs/STUDY."""
+    path = getattr(store.backend, "path", None)
+    if path is None and store.shown.startswith("sqlite:///"):
+        path = store.shown.removeprefix("sqlite:///").split("?", 1)[0]
+    base = Path(path).parent if path else DEFAULT_JOURNAL.parent
+    return base / "logs" / study

@@ -18,24 +18,20 @@ problem is one BadInput line naming the file, the array and the fix.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import os
-import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import ModuleType
-from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from hpsearch.errors import BadInput, HpsearchError
+from hpsearch.errors import BadInput
 from hpsearch.spec import DATA_SUFFIXES, task_reference
+from hpsearch.tasks.code import first_line as _first_line
+from hpsearch.tasks.code import module as _module
+from hpsearch.tasks.code import user_code as _user_code
 from hpsearch.tasks.task import KINDS, Split, Task, carve, mlp, note_once, require_trainable
 
 
@@ -43,7 +39,6 @@ CARVED = 0.2  # the share of the given training data carved out for each missing
 MIN_ROWS = 2  # per split, after carving: fewer has no spread to standardise with and nothing to rank on
 SHOWN = 5  # rows or classes a message names before "and N more"
 SPLITS = {"train": "training", "val": "validation", "test": "test"}
-T = TypeVar("T")
 
 
 def load_user_task(ref: str, target: str | None = None, kind: str | None = None) -> Task:
@@ -89,65 +84,6 @@ class Source:
 def _listed(items: Sequence[object]) -> str:
     more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
     return ", ".join(map(str, items[:SHOWN])) + more
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
-def _user_code(call: Callable[[], T], subject: str, context: str = "") -> T:
-    """``call()``, which runs the user's code: an exit or any error there becomes one BadInput line.
-
-    Ctrl-C stays Ctrl-C, and hpsearch's own errors (a task function may call load_task) pass as they are.
-    """
-    try:
-        return call()
-    except (HpsearchError, KeyboardInterrupt):
-        raise
-    except SystemExit as error:
-        raise BadInput(f"{subject} called sys.exit({error.code!r}){context}; "
-                       "a task must return its Task or raise an error, never exit") from None
-    except BaseException as error:  # noqa: BLE001 - the user's code may raise anything
-        raise BadInput(f"{subject} raised {_first_line(error)}{context}") from None
-
-
-def _module(where: str) -> ModuleType:
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_file():
-            raise BadInput(f"task file {where} not found")
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:  # as when Python runs the file: it may import its neighbours
-            sys.path.insert(0, folder)
-        name = "hpsearch_task_" + re.sub(r"\W", "_", str(path.resolve()))
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        loader = spec.loader
-
-        def load() -> ModuleType:
-            sys.modules[name] = module  # dataclasses and pickling look a class's module up here
-            try:
-                loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(name, None)
-                raise
-            return module
-
-        return _user_code(load, f"task file {where}", " while being imported")
-    if os.getcwd() not in sys.path:  # the hpsearch script does not look in the current folder by itself
-        sys.path.insert(0, os.getcwd())
-
-    def load_module() -> ModuleType:
-        try:
-            return importlib.import_module(where)
-        except ModuleNotFoundError as error:
-            if error.name and where.startswith(error.name):
-                raise BadInput(f"no module named '{where}' here or on the Python path") from None
-            raise
-
-    return _user_code(load_module, f"module {where}", " while being imported")
 
 
 def _not_a_task_function(thing: object) -> str | None:

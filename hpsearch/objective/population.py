@@ -1,43 +1,15 @@
-"""The seam between searching and training: "train these configurations, call back per epoch, return results".
-
-The search hands an Objective a batch of configurations and learns, per epoch, how each is doing
-(it may stop some: pruning); whatever trains them (hpsearch's population trainer, or another way)
-stays behind this interface and knows nothing of Optuna.
-"""
+"""hpsearch's population trainer behind the Objective seam: configurations of one batch size as one batched model."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
+from hpsearch.objective.base import Done, EpochCallback, Failure
 from hpsearch.spec import Config, StudySpec
 
 if TYPE_CHECKING:
     from hpsearch.tasks.builtin import Task
     from hpsearch.train import EpochReport, MemberResult
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Training some configurations raised: why (one line), and whether the device ran out of memory."""
-
-    reason: str
-    out_of_memory: bool = False
-
-
-# (the batch's indices training together, their epoch's report with members and diverged as batch indices)
-# -> the batch indices to stop now
-EpochCallback = Callable[[Sequence[int], "EpochReport"], Iterable[int]]
-# The batch's indices that ended together, and their results (in that order) or their failure.
-Done = tuple[list[int], Union[list["MemberResult"], Failure]]
-
-
-class Objective(Protocol):
-    def prepare(self) -> None:
-        """Load what training needs (data, a model factory): called before any trial is asked."""
-
-    def train(self, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback) -> Iterator[Done]:
-        """Train ``configs``, yielding each group of them as it ends; Ctrl-C and SIGTERM propagate."""
 
 
 class PopulationObjective:
@@ -65,7 +37,8 @@ class PopulationObjective:
             self._task = load_task(*self.reference).to(resolve_device(self.device))
         return self._task
 
-    def train(self, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback) -> Iterator[Done]:
+    def train(self, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback,
+              trials: Sequence[int] = ()) -> Iterator[Done]:
         by_size: dict[int, list[int]] = {}
         for i, c in enumerate(configs):
             by_size.setdefault(c.batch_size, []).append(i)
