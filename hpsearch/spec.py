@@ -378,7 +378,10 @@ def build_spec(
     check_schedule(schedule, warmup, epochs)
     spec = StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune, target=target, kind=kind,
                      jobs=jobs, retries=retries, max_points=max_points, schedule=schedule, warmup=warmup,
-                     objective=objective, run=tuple(run), timeout=timeout, metric=metric)
+                     objective=objective, run=tuple(run), timeout=timeout, metric=metric,
+                     # the user's code trains one trial at a time: ask one, so that the others stay queued
+                     # (not "running") and a worker that dies takes one trial with it, not a batch
+                     max_population=1 if objective is not None or run else StudySpec.max_population)
     spec.check_size()
     return spec
 

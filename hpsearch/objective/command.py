@@ -115,6 +115,10 @@ class CommandObjective:
         """The device the command is told, and the environment that places it (a worker's own GPU)."""
         if self.device.startswith("cuda:"):  # a --jobs worker's GPU: the only one the command sees
             return "cuda", {"CUDA_VISIBLE_DEVICES": self.device.split(":", 1)[1]}
+        if self.device == "auto":
+            from hpsearch.train import resolve_device
+
+            return resolve_device("auto").type, {}
         return self.device, {}
 
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
