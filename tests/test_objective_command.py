@@ -236,3 +236,23 @@ def test_kill_9_of_hpsearch_leaves_no_trial_process_and_the_rerun_trains_each_po
     for path in workdir.glob("child-*.pid"):  # the rerun's forked workers ended with their trials too
         pid = int(path.read_text())
         wait_for(lambda: not _alive(pid), f"forked worker {pid} to end with its trial", timeout=20)
+
+
+def test_the_readme_recipe_runs_on_the_example_script_both_ways(workdir):
+    """examples/train_cnn.py, unchanged, through grid -> refine -> report -> test, as a command and as a function."""
+    from helpers import ROOT
+
+    example = str(ROOT / "examples" / "train_cnn.py")
+    small = ["--lr", "0.1,0.01", "--weight-decay", "0", "--batch-size", "64", "--epochs", "1"]
+    command = [sys.executable, example, "--lr", "{lr}", "--weight-decay", "{weight_decay}", "--batch-size",
+               "{batch_size}", "--momentum", "{momentum}", "--epochs", "{epochs}", "--seed", "{seed}", "--split", "{split}"]
+    for name, how in (("cmd", ["--", *command]), ("fn", ["--objective", f"{example}:objective"])):
+        assert run("grid", "--study", name, *small, *how).exit_code == 0
+        refined = run("refine", "--from", name, "--study", f"{name}-fine", "--top", "1", "--epochs", "1")
+        assert refined.exit_code == 0, refined.output
+        assert run("test", "--study", f"{name}-fine").exit_code == 0
+        report = run("report", name, f"{name}-fine")
+        assert report.exit_code == 0 and "Test (study" in report.stdout
+    # the same script, the same seeds: both ways train the same models
+    by_way = {name: {t.params["lr"]: t.value for t in plain_study(name).trials} for name in ("cmd", "fn")}
+    assert by_way["cmd"] == pytest.approx(by_way["fn"], abs=1e-6)
