@@ -214,15 +214,17 @@ def test_the_whole_recipe_runs_on_a_command_and_the_test_split_is_locked(script,
     assert continued.exit_code == 0 and "Nothing to train: study 'coarse' already has its 3 trials" in continued.stdout
 
 
-def test_kill_9_of_hpsearch_leaves_no_trial_process_and_the_rerun_trains_each_point_once(script, workdir, spawned):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["kill-9", "ctrl-c", "sigterm"])
+def test_stopping_hpsearch_leaves_no_trial_process_and_the_rerun_trains_each_point_once(script, workdir, spawned, stop):
     (workdir / "hold").touch()
     args = ["grid", "--study", "k", *GRID, "--", *script, "fork", "hold"]
     proc = spawned(workdir, args)
     wait_for(lambda: list(workdir.glob("child-*.pid")), "a trial's forked worker to start", timeout=120)
     found = next(workdir.glob("child-*.pid"))
     child, script_pid = int(found.read_text()), int(found.name.split("-")[1].split(".")[0])
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(stop)
     proc.communicate()
+    assert proc.returncode == {signal.SIGKILL: -9, signal.SIGINT: 130, signal.SIGTERM: 143}[stop]
     for pid in (script_pid, child):  # the script and the worker it forked, both held in training
         wait_for(lambda: not _alive(pid), f"trial process {pid} to die with hpsearch", timeout=20)
     (workdir / "hold").unlink()
@@ -232,7 +234,8 @@ def test_kill_9_of_hpsearch_leaves_no_trial_process_and_the_rerun_trains_each_po
     trials = plain_study("k").trials
     done = [t.params["lr"] for t in trials if t.state.name == "COMPLETE"]
     assert sorted(done) == [1e-3, 1e-2, 1e-1]  # each grid point exactly once
-    assert [t.user_attrs.get("outcome") for t in trials if t.state.name != "COMPLETE"] == ["died"]
+    stopped = "died" if stop == signal.SIGKILL else "interrupted"  # a stop it saw is recorded as such
+    assert [t.user_attrs.get("outcome") for t in trials if t.state.name != "COMPLETE"] == [stopped]
     for path in workdir.glob("child-*.pid"):  # the rerun's forked workers ended with their trials too
         pid = int(path.read_text())
         wait_for(lambda: not _alive(pid), f"forked worker {pid} to end with its trial", timeout=20)
