@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # several GB of CUDA packages for an unpinned torch. On a GPU machine: make install TORCH=torch
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-quick bench-search clean
+.PHONY: install demo test bench bench-quick bench-models bench-own bench-search clean
 
 install: $(VENV)/.installed
 
@@ -34,9 +34,19 @@ test: install
 # hpsearch against a plain Optuna + PyTorch reference, whole processes (a few minutes); writes out/bench.json
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/own_code.py
+
+# your own training code (examples/train_cnn.py) under hpsearch against Optuna's study.optimize and a shell loop
+bench-own: install
+	$(BIN)/python bench/own_code.py
 
 bench-quick: install
 	$(BIN)/python bench/run.py --quick
+
+# the general models alone (mnist1d's 1-D CNN, a 2-D CNN on digits, a BatchNorm + Dropout MLP) against plain
+# Optuna on the same task objects (a few minutes; also the last part of `make bench`); writes out/bench_general.json
+bench-models: install
+	$(BIN)/python bench/general.py
 
 # epochs each search method (grid, random, TPE; with and without pruning) spends to come within 0.005
 # of the exhaustive grid's best, over 10 seeds (several minutes); writes out/bench_search.json

@@ -10,6 +10,9 @@ Arms, each a whole subprocess, interleaved A B (C) A B (C) ... so that machine n
   D  ref-adam    python bench/reference.py ... --optimizer adam   (torch.optim.Adam, betas (momentum, 0.999))
   E  hp-adam     hpsearch grid ... --optimizer adam                (D and E: leave out with --no-adam)
 
+Then, unless --no-models or --quick, bench/general.py: the same comparison on three models beyond the digits
+MLP (mnist1d's 1-D CNN, a 2-D CNN on the digits, a BatchNorm + Dropout MLP); out/bench_general.json.
+
 Whole process: time.perf_counter around subprocess.run. Search alone: for A and C the optimize call
 (their JSON `seconds`); for B the earliest trial start to the latest trial end in the journal it
 wrote, read with plain Optuna. Then the trainer alone, in-process, for growing population sizes,
@@ -192,6 +195,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each arm (>= 3 advised)")
     parser.add_argument("--quick", action="store_true", help="the 24-point default grid instead of the 384-point one")
     parser.add_argument("--no-adam", action="store_true", help="leave out the Adam arms (reference and hpsearch with Adam)")
+    parser.add_argument("--no-models", action="store_true",
+                        help="leave out the general models (bench/general.py: mnist1d's CNN, a digits CNN, a BatchNorm MLP)")
     args = parser.parse_args()
     if args.repeats < 1:
         sys.exit("bench: --repeats must be >= 1")
@@ -293,6 +298,11 @@ def main() -> None:
         "machine": machine_info(),
     }, indent=2) + "\n")
     print(f"\nwrote {OUT.relative_to(ROOT)} (load average at the end {os.getloadavg()[0]:.2f})")
+
+    if not (args.no_models or args.quick):  # models beyond the digits MLP, each against plain Optuna on the same task
+        from general import run_general
+
+        run_general(args.repeats)
 
 
 if __name__ == "__main__":

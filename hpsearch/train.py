@@ -1,9 +1,12 @@
 """The population trainer: plain PyTorch, and it knows nothing of Optuna.
 
 Configurations that share a task and a batch size train together as one batched model:
-parameters stacked per member, one batched forward (baddbmm for Linear/ReLU stacks, otherwise
-vmap(functional_call)), one backward over the summed member losses (written by hand for the
-Linear/ReLU stacks, which skips the autograd engine; autograd for the rest),
+parameters stacked per member, one batched forward, one backward over the summed member losses,
+through the first path that takes the model: an nn.Sequential of Linear and ReLU as baddbmm calls
+with a hand-written backward (no autograd engine); an nn.Sequential of the layers in _ELEMENTWISE
+and _layer_ok (Linear, Conv1d/2d, BatchNorm1d/2d, Dropout, Flatten, Unflatten) as batched
+operations under autograd (convolutions as im2col + baddbmm, BatchNorm over P x C channels);
+any other model through vmap(functional_call) and autograd;
 and a vectorised optimizer step (``hpsearch.optimizers.PopulationOptimizer``: each member's own
 optimizer, learning rate, weight decay and momentum, torch.optim's semantics) under one learning-rate
 schedule, stepped every step as torch.optim.lr_scheduler steps it.
@@ -21,6 +24,7 @@ The host reads metrics once per epoch; divergence is detected on the device at e
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -217,6 +221,201 @@ def _mlp_grads(layers: list[str | None], kind: Kind) -> Grads:
     return grads
 
 
+# The layers the batched-layers path knows; anything else in an nn.Sequential sends the model to vmap.
+_ELEMENTWISE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: torch.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid, nn.Identity: lambda h: h}
+
+
+def _layer_ok(module: nn.Module) -> bool:
+    if type(module) in _ELEMENTWISE or isinstance(module, (nn.Linear, nn.Dropout, nn.Flatten, nn.Unflatten)):
+        return True
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return (module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+                and all(d == 1 for d in module.dilation))
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return module.affine and module.track_running_stats and module.momentum is not None
+    return False
+
+
+class _Im2col(torch.autograd.Function):
+    """Channels-last (P, B, *S, C) -> the patches (P, B, *S_out, *K, C) of a zero-padded convolution, contiguous.
+
+    The backward adds each kernel tap's gradient into a strided view (K strided adds): torch's
+    unfold_backward took a fifth of a step on mnist1d's CNN. Channels innermost: copying the patches
+    with the kernel innermost (torch's order, stride C) took 4x as long.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],  # type: ignore[override]
+                padding: tuple[int, ...]) -> torch.Tensor:
+        pads = [0, 0]
+        for p in reversed(padding):
+            pads += [p, p]
+        padded = F.pad(h, pads) if any(padding) else h
+        patches = padded
+        for d, (k, s) in enumerate(zip(kernel, stride)):
+            patches = patches.unfold(2 + d, k, s)  # (P, B, *S_out, C, *K)
+        ctx.geometry = (h.shape, padded.shape, kernel, stride, padding)
+        return patches.movedim(2 + len(kernel), -1).contiguous()  # (P, B, *S_out, *K, C)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        shape, padded_shape, kernel, stride, padding = ctx.geometry
+        spatial = len(kernel)
+        out = grad.shape[2:2 + spatial]
+        d_padded = grad.new_zeros(padded_shape)
+        for tap in itertools.product(*(range(k) for k in kernel)):
+            window = d_padded
+            for d, (j, s, n) in enumerate(zip(tap, stride, out)):
+                window = window.narrow(2 + d, j, s * (n - 1) + 1)[(slice(None),) * (2 + d) + (slice(None, None, s),)]
+            window.add_(grad[(Ellipsis,) + tap + (slice(None),)])
+        d_h = d_padded
+        for d, p in enumerate(padding):
+            if p:
+                d_h = d_h.narrow(2 + d, p, shape[2 + d])
+        return d_h, None, None, None
+
+
+def _batched_layers(models: list[nn.Module], device: torch.device, probe: torch.Tensor) -> _Batched | None:
+    """An nn.Sequential of Linear, Conv1d/2d, BatchNorm1d/2d, Dropout, Flatten, Unflatten and elementwise
+    activations as batched operations over the members, under autograd.
+
+    A convolution is an im2col (unfold, a view, then one copy) and one baddbmm for all the members,
+    activations kept channels-last (P, B, *spatial, C) between convolutions: on mnist1d's CNN (12
+    members, batch size 32) oneDNN's grouped convolution, which vmap makes of a stacked weight,
+    took two thirds of a step. A Linear is a baddbmm; BatchNorm keeps each member's running
+    statistics (P, C) and normalises over the batch (and spatial) dimensions per member. Parameters
+    keep the module's names and layout. The batched forward is checked against member 0's own module
+    on ``probe`` in evaluation mode: None (vmap then) when it fails or differs.
+    """
+    if not isinstance(models[0], nn.Sequential) or not all(_layer_ok(m) for m in models[0]):
+        return None
+    layers = list(models[0].named_children())
+    stacked, buffers = stack_module_state(models)
+    names = list(stacked)
+    buffers = {k: v.to(device) for k, v in buffers.items()}
+    index = {name: k for k, name in enumerate(names)}
+    training = [True]
+
+    def conv(h: torch.Tensor, spatial: int, module: nn.Conv1d | nn.Conv2d, weight: torch.Tensor,
+             bias: torch.Tensor | None) -> torch.Tensor:
+        # h (P, B, *S, C) -> (P, B, *S_out, O)
+        members, batch = h.shape[:2]
+        cols = _Im2col.apply(h, tuple(module.kernel_size), tuple(module.stride), tuple(module.padding))
+        out_size = cols.shape[2:2 + spatial]
+        cols = cols.view(members, -1, weight[0].numel() // weight.shape[1])
+        w = weight.movedim(2, -1).flatten(2).transpose(1, 2)  # (P, O, C, *K) -> (P, *K x C, O)
+        out = torch.bmm(cols, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), cols, w)
+        return out.view(members, batch, *out_size, weight.shape[1])
+
+    def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        members = params[0].shape[0]
+        h = x.expand(members, *x.shape) if x.dim() == probe.dim() - 1 else x
+        spatial = 0  # > 0: h is channels-last (P, B, *S, C) with that many spatial dimensions
+        # Set: h is (P, B, F) flattened channels-last from (C, *S) here; the next Linear permutes its weight's
+        # columns to match instead (a copy of the weight, not of the activations, both ways).
+        flat: tuple[int, ...] | None = None
+        for name, module in layers:
+            if type(module) in _ELEMENTWISE:
+                h = _ELEMENTWISE[type(module)](h)
+                continue
+            if isinstance(module, nn.Dropout):
+                h = _dropout(h, module.p) if training[0] and module.training else h
+                continue
+            if flat is not None and not isinstance(module, nn.Linear):  # to the module's order (P, B, C x S)
+                h, flat = h.unflatten(2, flat[1:] + flat[:1]).movedim(-1, 2).flatten(2), None
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                dims = 1 if isinstance(module, nn.Conv1d) else 2
+                if not spatial:
+                    if h.dim() != 3 + dims:
+                        raise ValueError("convolution input of an unexpected shape")
+                    h, spatial = h.movedim(2, -1), dims
+                bias = params[index[f"{name}.bias"]] if module.bias is not None else None
+                h = conv(h, spatial, module, params[index[f"{name}.weight"]], bias)
+                continue
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                if not spatial and h.dim() > 3:
+                    h, spatial = h.movedim(2, -1), h.dim() - 3
+                h = _batch_norm(h, module, params[index[f"{name}.weight"]], params[index[f"{name}.bias"]],
+                                buffers[f"{name}.running_mean"], buffers[f"{name}.running_var"], training[0])
+                continue
+            if isinstance(module, nn.Flatten) and spatial and module.start_dim == 1 and module.end_dim == -1:
+                flat, spatial = (h.shape[-1],) + tuple(h.shape[2:-1]), 0
+                h = h.flatten(2)
+                continue
+            if spatial:  # back to the module's layout (P, B, C, *S)
+                h, spatial = h.movedim(-1, 2), 0
+            if isinstance(module, nn.Linear):
+                if h.dim() != 3:
+                    raise ValueError("Linear input of an unexpected shape")
+                weight = params[index[f"{name}.weight"]]
+                if flat is not None:
+                    weight, flat = weight.unflatten(2, flat).movedim(2, -1).flatten(2), None
+                w = weight.transpose(1, 2)
+                bias = params[index[f"{name}.bias"]] if module.bias is not None else None
+                h = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
+            elif isinstance(module, nn.Flatten):
+                h = h.flatten(module.start_dim + 1 if module.start_dim >= 0 else module.start_dim,
+                              module.end_dim + 1 if module.end_dim >= 0 else module.end_dim)
+            else:  # nn.Unflatten
+                h = h.unflatten(module.dim + 1 if module.dim >= 0 else module.dim, module.unflattened_size)
+        if flat is not None:
+            h = h.unflatten(2, flat[1:] + flat[:1]).movedim(-1, 2).flatten(2)
+        if spatial:
+            h = h.movedim(-1, 2)
+        return h
+
+    def export(params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in zip(names, params)}
+
+    def train(mode: bool) -> None:
+        training[0] = mode
+
+    def keep(rows: torch.Tensor) -> None:
+        buffers.update({k: v[rows] for k, v in buffers.items()})
+
+    params = [v.detach().to(device).requires_grad_(v.requires_grad) for v in stacked.values()]
+    saved = {k: v.clone() for k, v in buffers.items()}
+    try:
+        with torch.no_grad():
+            training[0] = False
+            got = forward(params, probe)[0]
+            want = copy.deepcopy(models[0]).to(device).eval()(probe[0])
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+                return None
+        training[0] = True
+        torch.autograd.grad(forward(params, probe).sum(), [p for p in params if p.requires_grad], allow_unused=True)
+    except Exception:  # noqa: BLE001 - whatever it cannot do, vmap may
+        return None
+    finally:
+        buffers.update(saved)
+    return _Batched(params, forward, export, train, keep)
+
+
+def _dropout(h: torch.Tensor, p: float) -> torch.Tensor:
+    """F.dropout in training mode, its mask drawn by comparing uniform numbers (a fresh mask per member and
+    element, as vmap's randomness="different"): torch.rand_like took half the time of the bernoulli_ that
+    F.dropout draws with, the largest operation of a step on the spirals MLP (on the whole step: within noise)."""
+    if p <= 0.0 or p >= 1.0:
+        return F.dropout(h, p, True)
+    return h * (torch.rand_like(h) >= p).to(h.dtype).mul_(1.0 / (1.0 - p))
+
+
+def _batch_norm(h: torch.Tensor, module: nn.BatchNorm1d | nn.BatchNorm2d, weight: torch.Tensor, bias: torch.Tensor,
+                running_mean: torch.Tensor, running_var: torch.Tensor, training: bool) -> torch.Tensor:
+    """BatchNorm over channels-last h (P, B, ..., C), each member with its own statistics (P, C).
+
+    One F.batch_norm over P x C channels (the HFTA paper's form): its fused kernels, forward and
+    backward, and its update of the running statistics in place (views of the (P, C) buffers):
+    two operations a step where the same written out in tensor operations took a dozen.
+    """
+    members, channels = h.shape[0], h.shape[-1]
+    flat = h.movedim(0, -2).reshape(-1, members * channels)  # (B x spatial, P x C): one copy
+    out = F.batch_norm(flat, running_mean.view(-1), running_var.view(-1), weight.reshape(-1), bias.reshape(-1),
+                       training, module.momentum, module.eps)
+    return out.view(*h.shape[1:-1], members, channels).movedim(-2, 0)
+
+
 def _vmapped(models: list[nn.Module], device: torch.device, probe: torch.Tensor) -> _Batched | None:
     """Any model torch.func can vectorise: parameters and buffers stacked, forward through vmap(functional_call).
 
@@ -351,7 +550,8 @@ def train_population(
     require_trainable(models[0], f"task '{task.name}'")
     # A tiny batch per member (two examples: BatchNorm needs more than one) to try torch.func on.
     probe = x_train[torch.arange(len(models) * 2, device=device) % n].view(len(models), 2, *x_train.shape[1:])
-    batched = _fused_mlp(models, device, task.kind) or _vmapped(models, device, probe)
+    batched = (_fused_mlp(models, device, task.kind) or _batched_layers(models, device, probe)
+               or _vmapped(models, device, probe))
     if batched is None:
         note_once(f"note: torch.func cannot vectorise the {type(models[0]).__name__} model of task '{task.name}': "
                    "its members train one at a time (slower, same results)")

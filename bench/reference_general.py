@@ -1,0 +1,88 @@
+"""Reference arm for the general models of `make bench`: plain Optuna + PyTorch over an hpsearch task.
+
+Written to the specification of bench/reference.py (in-memory tensors, torch.optim.SGD, one trial
+after another, GridSampler with seed 0) but over the SAME task object hpsearch trains: its
+make_model and its train / validation tensors, loaded through hpsearch.tasks.builtin.load_task.
+Models with BatchNorm or Dropout switch between model.train() and model.eval() as usual.
+
+    python bench/reference_general.py --task mnist1d --lr 1e-1,1e-2 --weight-decay 1e-4,0 \
+        --batch-size 32,64 --momentum 0.9 --epochs 3
+
+Prints one JSON line: arm, task, trials, epochs, seconds (the optimize call), trials_per_s, best, best_params.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import optuna
+import torch
+
+from hpsearch.tasks.builtin import load_task
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, help="an hpsearch task: mnist1d, examples/digits_cnn.py:digits_cnn, ...")
+    parser.add_argument("--lr", type=floats, required=True)
+    parser.add_argument("--weight-decay", type=floats, required=True)
+    parser.add_argument("--batch-size", type=ints, required=True)
+    parser.add_argument("--momentum", type=floats, default=[0.9])
+    parser.add_argument("--epochs", type=int, required=True)
+    args = parser.parse_args()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    task = load_task(args.task)
+    (x_train, y_train), (x_val, y_val) = task.train, task.val
+    grid = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size, "momentum": args.momentum}
+    n = len(x_train)
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", min(args.lr), max(args.lr))
+        weight_decay = trial.suggest_float("weight_decay", min(args.weight_decay), max(args.weight_decay))
+        batch_size = trial.suggest_categorical("batch_size", args.batch_size)
+        momentum = trial.suggest_float("momentum", min(args.momentum), max(args.momentum))
+        torch.manual_seed(trial.number)
+        model = task.make_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        accuracy = 0.0
+        for epoch in range(args.epochs):
+            model.train()
+            order = torch.randperm(n)
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+                loss.backward()
+                optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()
+            trial.report(accuracy, epoch)
+        return accuracy
+
+    n_trials = len(list(itertools.product(*grid.values())))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.GridSampler(grid, seed=0))
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=n_trials)
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "arm": "reference", "task": args.task, "trials": n_trials, "epochs": args.epochs,
+        "seconds": round(seconds, 3), "trials_per_s": round(n_trials / seconds, 3),
+        "best": round(study.best_value, 4), "best_params": study.best_params,
+        "torch": torch.__version__, "optuna": optuna.__version__, "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
