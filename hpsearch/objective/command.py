@@ -23,12 +23,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Sequence
 
 from hpsearch.errors import BadInput
-from hpsearch.objective.base import Done, EpochCallback, Failure
+from hpsearch.objective.base import EpochCallback, Failure
 from hpsearch.objective.hp import HP, MetricError, TrialEnded, check_metrics
-from hpsearch.objective.own import LOG_LIMIT, TrialRun, log_note, log_path
+from hpsearch.objective.own import LOG_LIMIT, OneAtATime, TrialRun, log_note, log_path
 from hpsearch.space import names as param_names, param
 from hpsearch.spec import Config
 
@@ -93,7 +93,7 @@ def _metric_line(text: str) -> tuple[int, dict[str, object]] | None:
     return epoch, value
 
 
-class CommandObjective:
+class CommandObjective(OneAtATime):
     """A command run once per trial (``hpsearch grid -- python train.py --lr {lr} ...``)."""
 
     def __init__(self, command: Sequence[str], metric: str = "val_accuracy", device: str = "auto",
@@ -103,13 +103,6 @@ class CommandObjective:
 
     def prepare(self) -> None:
         check_command(self.command)
-
-    def train(self, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback,
-              trials: Sequence[int] = ()) -> Iterator[Done]:
-        self.prepare()
-        for i, config in enumerate(configs):
-            number = trials[i] if i < len(trials) else i
-            yield [i], self.run_one(i, config, epochs, on_epoch, number)
 
     def _placement(self) -> tuple[str, dict[str, str]]:
         """The device the command is told, and the environment that places it (a worker's own GPU)."""

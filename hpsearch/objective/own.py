@@ -191,7 +191,25 @@ def load_function(reference: str) -> Callable[[HP], Any]:
     return function
 
 
-class FunctionObjective:
+class OneAtATime:
+    """The user's code trains one configuration at a time: each is its own group (``run_one``)."""
+
+    def prepare(self) -> None:
+        pass
+
+    def train(self, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback,
+              trials: Sequence[int] = ()) -> Iterator[Done]:
+        self.prepare()
+        for i, config in enumerate(configs):
+            number = trials[i] if i < len(trials) else i
+            yield [i], self.run_one(i, config, epochs, on_epoch, number)
+
+    def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
+                trial: int) -> list[MemberResult] | Failure:
+        raise NotImplementedError
+
+
+class FunctionObjective(OneAtATime):
     """``--objective FILE.py:NAME``: ``NAME(hp)`` called once per trial, in this process."""
 
     def __init__(self, reference: str, metric: str = "val_accuracy", device: str = "auto", timeout: float | None = None,
@@ -209,13 +227,6 @@ class FunctionObjective:
             return self.device
         torch = sys.modules.get("torch")
         return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
-
-    def train(self, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback,
-              trials: Sequence[int] = ()) -> Iterator[Done]:
-        self.prepare()
-        for i, config in enumerate(configs):
-            number = trials[i] if i < len(trials) else i
-            yield [i], self.run_one(i, config, epochs, on_epoch, number)
 
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
                 trial: int) -> list[MemberResult] | Failure:
@@ -255,4 +266,4 @@ class FunctionObjective:
         return [result]
 
 
-__all__ = ["FunctionObjective", "TrialRun", "load_function", "seed_everything"]
+__all__ = ["FunctionObjective", "OneAtATime", "TrialRun", "load_function", "seed_everything"]
