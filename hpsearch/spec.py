@@ -421,15 +421,22 @@ def own_code_reference(objective: str | None, run: tuple[str, ...], task: str | 
     if metric is not None and metric not in METRICS:
         raise BadInput(f"--metric {metric}: choose one of {', '.join(METRICS)}")
     if objective is not None:
-        where, _, function = objective.rpartition(":")
-        module = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
-        if not (function.isidentifier() and (where.endswith(".py") or re.fullmatch(module, where))):
+        function = code_function(objective)
+        if function is None:
             raise BadInput(f"--objective {objective}: give FILE.py:FUNCTION or package.module:FUNCTION")
         return objective, function
     if any(not part.isprintable() for part in run):
         raise BadInput("the command after --: a part holds a newline or another control character")
     script = next((Path(part).stem for part in run if Path(part).suffix in (".py", ".sh")), Path(run[0]).name)
     return "command", re.sub(r"[^A-Za-z0-9_.\-]+", "-", script).strip("-.") or "command"
+
+
+def code_function(reference: str) -> str | None:
+    """The function's name in ``FILE.py:FUNCTION`` or ``package.module:FUNCTION`` (tasks and objectives), or
+    None when the reference has neither form."""
+    where, _, function = reference.rpartition(":")
+    module = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+    return function if function.isidentifier() and (where.endswith(".py") or re.fullmatch(module, where)) else None
 
 
 def task_reference(task: str | None, data: str | None, target: str | None, kind: str | None) -> tuple[str, str]:
@@ -457,9 +464,8 @@ def task_reference(task: str | None, data: str | None, target: str | None, kind:
     if is_data:
         stem = Path(ref).stem
     else:
-        where, _, function = ref.rpartition(":")
-        module = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
-        if not (function.isidentifier() and (where.endswith(".py") or re.fullmatch(module, where))):
+        function = code_function(ref)
+        if function is None:
             raise BadInput(f"unknown task '{ref}'; built-in tasks: {', '.join(BUILTIN_TASKS)}; or {TASK_FORMS}")
         stem = function
     return ref, re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-.") or "task"
