@@ -43,6 +43,8 @@ for epoch in range(1, epochs + 1):
         print(json.dumps({"epoch": epoch, "acc": accuracy}), flush=True)
     elif mode == "nan":
         print(json.dumps({"epoch": epoch, "val_accuracy": float("nan")}), flush=True)
+    elif mode == "diverge-at-once":
+        print(json.dumps({"epoch": epoch, "val_accuracy": 0.1, "train_loss": float("nan")}), flush=True)
     elif mode == "diverge" and epoch == 2:
         print(json.dumps({"epoch": epoch, "val_accuracy": 0.1, "train_loss": float("inf")}), flush=True)
     else:
@@ -119,6 +121,9 @@ def test_pruning_and_divergence_end_the_trials_process_group(script, workdir):
     assert diverged.exit_code == 0
     reasons = {r["outcome"] for r in rows("dv")}
     assert reasons == {"diverged"} and "train_loss not finite at epoch 2" in rows("dv")[0]["reason"]
+    at_once = run("grid", "--study", "dv1", *GRID, "--", *script, "diverge-at-once")  # before any epoch is kept
+    assert at_once.exit_code == 0
+    assert {(r["outcome"], r["reason"]) for r in rows("dv1")} == {("diverged", "train_loss not finite at epoch 1")}
 
 
 def _alive(pid: int) -> bool:

@@ -48,6 +48,9 @@ def diverges(hp):
     hp.report(2, val_accuracy=0.1, train_loss=50.0)
     raise AssertionError("never reached: the report above ends the trial")
 
+def diverges_at_once(hp):
+    hp.report(1, val_accuracy=0.1, train_loss=float("nan"))
+
 def silent(hp):
     pass
 
@@ -116,6 +119,7 @@ def test_pruning_ends_the_function_even_through_a_broad_except(objectives, workd
     ("bad_metric", "failed", "unknown metric 'accuracy'"),
     ("exits", "failed", "objs.py:exits called sys.exit(4)"),
     ("diverges", "diverged", "train_loss 50 > 10x its first at epoch 2"),
+    ("diverges_at_once", "diverged", "train_loss not finite at epoch 1"),  # no epoch kept: still diverged
 ])
 def test_a_function_that_misbehaves_is_one_trial_outcome_and_the_search_goes_on(objectives, workdir, name, outcome, words):
     result = run("grid", "--study", name, "--lr", "0.1,0.01", *GRID[2:], "--retries", "0",

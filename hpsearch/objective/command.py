@@ -188,15 +188,9 @@ class CommandObjective(OneAtATime):
                 log.close()
         if failure is not None:
             return failure
-        if run.ended:
-            run.finish()
-            return [run.result]
-        if code != 0:
+        if code != 0 and not run.ended:
             last = tail[-1] if tail else "no output on stderr"
             return Failure(f"the command exited with status {code}: {last}{where}")
-        result = run.finish()
-        if result is None:
-            return Failure(f"the command exited without a metric line (print one JSON line per epoch, e.g. "
+        return run.results(f"the command exited without a metric line (print one JSON line per epoch, e.g. "
                            f'{{"epoch": 1, "{self.metric}": ...}}, or call hpsearch.report_epoch){where}')
-        return [result]
 

@@ -8,6 +8,7 @@ prints going to the trial's log, and --timeout as an alarm.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import inspect
 import math
@@ -115,12 +116,13 @@ class TrialRun:
             if name in checked and curve:
                 curve[-1] = checked[name]
 
-    def finish(self) -> MemberResult | None:
-        """The result of a trial that ran to its end; None when it reported no epoch (then it failed)."""
+    def results(self, silent: str) -> list[MemberResult] | Failure:
+        """The trial's result once its code is done: stopped or diverged (at any epoch, the first too), or
+        completed; a Failure with the reason ``silent`` when it reported no epoch at all."""
         self.result.seconds = time.perf_counter() - self.started
-        if self.epochs == 0:
-            return None
-        return self.result
+        if not self.ended and self.epochs == 0:
+            return Failure(silent)
+        return [self.result]
 
 
 class TrialTimeout(BaseException):
@@ -191,11 +193,11 @@ def load_function(reference: str) -> Callable[[HP], Any]:
     return function
 
 
-class OneAtATime:
+class OneAtATime(abc.ABC):
     """The user's code trains one configuration at a time: each is its own group (``run_one``)."""
 
     def prepare(self) -> None:
-        pass
+        """Nothing to load by default; the function and the command check themselves here."""
 
     def train(self, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback,
               trials: Sequence[int] = ()) -> Iterator[Done]:
@@ -204,9 +206,10 @@ class OneAtATime:
             number = trials[i] if i < len(trials) else i
             yield [i], self.run_one(i, config, epochs, on_epoch, number)
 
+    @abc.abstractmethod
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
                 trial: int) -> list[MemberResult] | Failure:
-        raise NotImplementedError
+        """Train ``config`` (batch index ``index``, trial number ``trial``): its result, or why it failed."""
 
 
 class FunctionObjective(OneAtATime):
@@ -259,11 +262,8 @@ class FunctionObjective(OneAtATime):
             raise
         except Exception as error:  # noqa: BLE001 - the user's code may raise anything: this trial failed
             return Failure(f"{first_line(error)}{where}")
-        result = run.finish()
-        if result is None:
-            return Failure(f"{self.reference} reported no epoch: call hp.report(epoch, {self.metric}=...) each epoch, "
-                           f"or return a dict of final metrics{where}")
-        return [result]
+        return run.results(f"{self.reference} reported no epoch: call hp.report(epoch, {self.metric}=...) each "
+                           f"epoch, or return a dict of final metrics{where}")
 
 
 __all__ = ["FunctionObjective", "OneAtATime", "TrialRun", "load_function", "seed_everything"]
