@@ -27,16 +27,15 @@ from typing import IO, TYPE_CHECKING, Sequence
 
 from hpsearch.errors import BadInput
 from hpsearch.objective.base import EpochCallback, Failure
-from hpsearch.objective.hp import HP, MetricError, TrialEnded, check_metrics
+from hpsearch.objective.hp import HP, SETTINGS, MetricError, TrialEnded, check_metrics
 from hpsearch.objective.own import LOG_LIMIT, OneAtATime, TrialRun, log_note, log_path
-from hpsearch.space import names as param_names, param
+from hpsearch.space import names as param_names
 from hpsearch.spec import Config
 
 if TYPE_CHECKING:
     from hpsearch.train import MemberResult
 
 GUARD = Path(__file__).with_name("guard.py")
-SETTINGS = ("epochs", "seed", "split", "trial", "device")  # placeholders beside the parameters
 READ_LIMIT = 2**20  # bytes read as one line at most: a longer line is output, never a metric
 STDERR_TAIL = 20  # lines of stderr kept for a failed trial's reason
 STOP_WAIT = 10.0  # seconds to wait for the guard after asking it to stop (its grace is 5 s)
@@ -118,9 +117,7 @@ class CommandObjective(OneAtATime):
                 trial: int) -> list[MemberResult] | Failure:
         device, placement = self._placement()
         hp = HP(config.params(), epochs, config.seed, device, self.split, trial)
-        values = {**{k: param(k).text(v) for k, v in hp.params.items()}, "epochs": str(epochs), "seed": str(config.seed),
-                  "split": self.split, "trial": str(trial), "device": device}
-        argv = [part.format_map(values) for part in self.command]
+        argv = [part.format_map(hp.texts()) for part in self.command]
         env = {**os.environ, **hp.environment(), **placement, "PYTHONUNBUFFERED": "1"}
         path = log_path(self.logs, trial)
         where = log_note(path)

@@ -15,6 +15,8 @@ import numbers
 import os
 from typing import Callable, Mapping
 
+from hpsearch.space import names, param
+
 # The metrics a trial may report, by the names hpsearch's tables use. During ``hpsearch test`` (split "test")
 # the code evaluates on the test split and may report it under these names or as test_accuracy / test_loss.
 ACCURACIES = ("val_accuracy", "test_accuracy")
@@ -22,6 +24,7 @@ LOSSES = ("val_loss", "train_loss", "test_loss")
 METRICS = ACCURACIES + LOSSES
 ENV_PREFIX = "HPSEARCH_"
 ENV_PARAMS = "HPSEARCH_PARAMS"  # every value, as one JSON object
+SETTINGS = ("epochs", "seed", "split", "trial", "device")  # what a trial knows beside its hyperparameters
 
 
 class TrialEnded(BaseException):
@@ -103,10 +106,17 @@ class HP:
         else:
             print(metric_line(epoch, checked), flush=True)
 
+    def texts(self) -> dict[str, str]:
+        """Every value as text, as VALUES writes it (a command's placeholders: lr -> "0.01", ..., epochs, seed,
+        device, split, trial)."""
+        out = {name: param(name).text(value) if name in names() else str(value)  # type: ignore[arg-type]
+               for name, value in self.params.items()}
+        out.update({key: str(getattr(self, key)) for key in SETTINGS})
+        return out
+
     def environment(self) -> dict[str, str]:
         """The values as a command's environment: HPSEARCH_LR=0.01, ..., HPSEARCH_PARAMS={"lr": 0.01, ...}."""
-        env = {ENV_PREFIX + name.upper(): str(value) for name, value in self.params.items()}
-        env.update({ENV_PREFIX + key.upper(): str(getattr(self, key)) for key in ("epochs", "seed", "device", "split", "trial")})
+        env = {ENV_PREFIX + name.upper(): text for name, text in self.texts().items()}
         env[ENV_PARAMS] = json.dumps(self.params)
         return env
 
