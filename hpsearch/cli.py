@@ -16,6 +16,7 @@ from hpsearch.errors import HpsearchError, Interrupted
 from hpsearch.space import OPTIMIZERS, Param
 from hpsearch.space import params as space_params
 from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, INT_BOUNDS, KINDS, MAX_POINTS,
+                           RANKINGS,
                            METRICS, PRUNERS, SCHEDULES)
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
@@ -167,6 +168,8 @@ SCHEDULE_OPTIONS = [  # the learning rate over training: shared by the searches 
     click.option("--warmup", type=int, default=0, show_default=True, metavar="EPOCHS",
                  help="Epochs of linear warm-up (torch's LinearLR) before the schedule."),
 ]
+REPEATS_HELP = ("Train each configuration with K seeds (K members of one population); its trial's value is their "
+                "mean, and the report shows mean ± standard error.")
 WORKER_OPTIONS = [  # how a search runs: shared by the searches and `refine`
     click.option("--jobs", type=int, default=1, show_default=True,
                  help="Worker processes sharing the study (on several GPUs, one per device in turn). "
@@ -194,6 +197,7 @@ def _search_options(sampled: bool) -> Callable[[Callable], Callable]:
         click.option("--prune", type=click.Choice(PRUNERS), default="none", show_default=True,
                      help="Stop poor trials early (Optuna's pruners); pruned members leave the population."),
         *SCHEDULE_OPTIONS,
+        click.option("--repeats", type=int, default=1, show_default=True, metavar="K", help=REPEATS_HELP),
         *WORKER_OPTIONS,
     ]
     if sampled:
@@ -290,6 +294,7 @@ def grid(**flags: Any) -> None:
       hpsearch grid --config studies/digits-coarse.toml   # a study file (flags override it)
       hpsearch grid --dry-run                             # the 24 points and the estimated time
       hpsearch grid --jobs 4                              # 4 worker processes share the grid
+      hpsearch grid --repeats 3                           # 3 seeds per point: mean ± error, ties
       hpsearch grid --objective examples/train_cnn.py:objective    # your own training function
       hpsearch grid -- python examples/train_cnn.py --lr {lr} --weight-decay {weight_decay} \\
                        --batch-size {batch_size} --epochs {epochs}  # any command, one JSON line per epoch
@@ -345,6 +350,7 @@ def tpe(**flags: Any) -> None:
 @click.option("--study", help="Study name. [default: FIRST-SOURCE-refine]")
 @click.option("--seed", type=int, help="Seed. [default: the first source's]")
 @click.option("--prune", type=click.Choice(PRUNERS), help="Pruner. [default: the first source's]")
+@click.option("--repeats", type=int, metavar="K", help=REPEATS_HELP[:-1] + ". [default: the first source's]")
 @STORAGE_OPTION
 @DEVICE_OPTION
 @_apply(WORKER_OPTIONS)
@@ -370,6 +376,7 @@ def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) 
       hpsearch refine --from coarse --study fine
       hpsearch refine --from coarse --sampler tpe --trials 30 --study fine-tpe
       hpsearch refine --from coarse --study fine --jobs 2   # 2 worker processes share it
+      hpsearch refine --from coarse --study fine --repeats 3   # 3 seeds each: mean ± error, ties
     """
     from hpsearch.recipe.refine import refine_spec
 
@@ -384,7 +391,7 @@ def refine(sources: tuple[str, ...], show: bool, dry_run: bool, **options: Any) 
     size = f"{len(spec.points)} configurations" if spec.points is not None else f"{spec.trials} {spec.command} trials"
     click.echo(f"Refining {', '.join(sources)} around {len(refinement.top)} trials: {size}, {spec.epochs} epochs "
                f"(hpsearch refine --show lists them)", err=True)
-    for line in refinement.skipped:
+    for line in refinement.skipped + refinement.ties:
         click.echo(line, err=True)
     _run("refine", spec)
 
@@ -471,13 +478,17 @@ def check(device: str, population: int, optimizer: str, **what: Any) -> None:
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Also write PNG plots into DIR: loss curves, accuracy against learning rate, importances.")
 @click.option("--top", type=click.IntRange(*INT_BOUNDS["top"]), help="Only the best N rows.")
+@click.option("--rank", "by", type=click.Choice(RANKINGS), default="mean", show_default=True,
+              help="mean: by the validation metric (the seeds' mean); lcb: by its pessimistic bound, mean - 2 "
+                   "standard errors (a loss: + 2), which prefers a steady configuration over a lucky one.")
 @STORAGE_OPTION
 def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path | None, top: int | None,
-           storage: str | None) -> None:
+           by: str, storage: str | None) -> None:
     """Show the ranked trials of one or more studies, best first; without a study, list the studies.
 
     \b
-    Each row shows its distance to the best ("vs best") and a diagnosis of its curves
+    Each row shows its validation metric with a standard error (±), its distance to the
+    best ("vs best", "tie" when within two standard errors) and a diagnosis of its curves
     (healthy, underfitting, overfitting, not learning, diverged, ...); a note follows when the
     best value of a parameter sits on the edge of the range searched. Several studies (a coarse
     grid and its refinement) are ranked together, with their phase. Diverged and failed trials
@@ -491,6 +502,7 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
       hpsearch report coarse fine --format html --output report.html
       hpsearch report coarse --format markdown --plots plots/
       hpsearch report coarse --format toml --output studies/coarse.toml
+      hpsearch report fine --rank lcb             # the steady configurations first
     """
     from hpsearch.report.render import (check_plot_folder, check_report_output, default_output, print_ranked,
                                         report_text, studies_table)
@@ -499,7 +511,7 @@ def report(studies: tuple[str, ...], fmt: str, output: Path | None, plots: Path 
     if not studies:
         _console().print(studies_table(list_studies(storage)))
         return
-    results = read_results(studies, storage)
+    results = read_results(studies, storage, by)
     output = output if output is not None else default_output(studies, fmt)
     if output is not None:  # every path checked before anything is written: never over the storage, nor a stranger's file
         check_report_output(output, fmt, storage)

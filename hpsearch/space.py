@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Union
 
 # The most grid points (and values of one counted range) a search takes unless --max-points says more
@@ -483,3 +483,15 @@ def make_config(values: Mapping[str, object], study_seed: int) -> Config:
     digest = hashlib.sha256(repr((study_seed,) + seeded).encode()).digest()
     return Config(entries, seed=int.from_bytes(digest[:4], "little") & 0x7FFFFFFF)
 
+
+
+def repeat_seeds(config: Config, repeats: int) -> list[Config]:
+    """``config`` with each of its ``repeats`` seeds (``--repeats``): the first is its own seed, so that a study
+    of K seeds holds the run of one; the others hash that seed with the repeat's number."""
+    def seed(r: int) -> int:
+        if r == 0:
+            return config.seed
+        digest = hashlib.sha256(repr((config.seed, "repeat", r)).encode()).digest()
+        return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+    return [replace(config, seed=seed(r)) for r in range(repeats)]

@@ -59,8 +59,9 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "top": (1, 1_000_000),  # as many as there can be trials
     "jobs": (1, 256),  # worker processes on one machine, each holding the task's data
     "retries": (0, 100),  # re-runs of a failing configuration: a few tell a passing fault from a bug
-    "population": (1, 4096),
-    "warmup": (0, 100_000 - 1),  # epochs of linear warm-up: fewer than the epochs  # members trained as one batched model (memory grows with it)
+    "population": (1, 4096),  # members trained as one batched model (memory grows with it)
+    "warmup": (0, 100_000 - 1),  # epochs of linear warm-up: fewer than the epochs
+    "repeats": (1, 100),  # seeds per configuration (--repeats): 3-10 tell noise from a difference
     # Points of one counted range: the grid's size is limited on its own; this bound keeps the count a
     # machine integer, so that its arithmetic never overflows a float.
     "count": (2, 10**9),
@@ -263,6 +264,7 @@ class StudySpec:
     objective: str | None = None
     run: tuple[str, ...] = ()
     timeout: float | None = None  # seconds one trial of the user's code may take; past it: timed_out
+    repeats: int = 1  # seeds each configuration trains with; its trial's value is their mean (--repeats)
 
     @property
     def own_code(self) -> bool:
@@ -308,7 +310,8 @@ class StudySpec:
                     if value is not None})
         # only when set, so that a study stored before schedules existed has the same settings
         out.update({key: value for key, value, default in (("schedule", self.schedule, "constant"),
-                                                           ("warmup", self.warmup, 0)) if value != default})
+                                                           ("warmup", self.warmup, 0), ("repeats", self.repeats, 1))
+                    if value != default})
         out["space"] = self.space.texts()  # a grid's too: a study file re-runs it (studyfile.py)
         if self.trials is not None:
             out["trials"] = self.trials
@@ -340,6 +343,7 @@ def build_spec(
     run: Sequence[str] = (),
     timeout: float | None = None,
     metric: str | None = None,
+    repeats: int = 1,
     **values: str | None,
 ) -> StudySpec:
     """A validated StudySpec from a command's flags; ``values``: each parameter's VALUES text (None: the default)."""
@@ -376,9 +380,10 @@ def build_spec(
         raise BadInput(f"--study '{name}': use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
     check_max_points(max_points)
     check_schedule(schedule, warmup, epochs)
+    check_int("repeats", repeats)
     spec = StudySpec(command, space, task, epochs, seed, trials, name, storage, device, prune, target=target, kind=kind,
                      jobs=jobs, retries=retries, max_points=max_points, schedule=schedule, warmup=warmup,
-                     objective=objective, run=tuple(run), timeout=timeout, metric=metric,
+                     objective=objective, run=tuple(run), timeout=timeout, metric=metric, repeats=repeats,
                      # the user's code trains one trial at a time: ask one, so that the others stay queued
                      # (not "running") and a worker that dies takes one trial with it, not a batch
                      max_population=1 if objective is not None or run else StudySpec.max_population)
@@ -403,6 +408,8 @@ def check_max_points(max_points: int) -> int:
 
 
 METRICS = ("val_accuracy", "val_loss")  # what a study ranks by: accuracy maximised, loss minimised
+# report --rank: by the metric (the seeds' mean), or by its pessimistic bound, mean -/+ 2 standard errors
+RANKINGS = ("mean", "lcb")
 
 
 def own_code_reference(objective: str | None, run: tuple[str, ...], task: str | None, data: str | None,

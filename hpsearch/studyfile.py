@@ -41,7 +41,7 @@ KEYS: dict[str, type] = {
     "command": str, "task": str, "data": str, "target": str, "kind": str, "epochs": int, "seed": int,
     "trials": int, "prune": str, "storage": str, "study": str, "device": str, "jobs": int, "retries": int,
     "from": list, "top": int, "sampler": str, "schedule": str, "warmup": int,
-    "objective": str, "timeout": float, "metric": str,
+    "objective": str, "timeout": float, "metric": str, "repeats": int,
 }
 CHOICES = {"command": (*COMMANDS, "refine"), "prune": PRUNERS, "kind": KINDS, "sampler": COMMANDS, "schedule": SCHEDULES,
            "metric": METRICS}
@@ -160,7 +160,8 @@ def study_file_text(study: str, settings: Mapping[str, Any], trials: int) -> str
         entries["data" if task.endswith(DATA_SUFFIXES) and task not in BUILTIN_TASKS else "task"] = task
         entries.update({k: settings[k] for k in ("target", "kind") if settings.get(k) is not None})
         entries.update(dict(settings.get("space") or {}))
-    entries.update({k: settings[k] for k in ("epochs", "seed", "prune", "schedule", "warmup", "timeout") if k in settings})
+    entries.update({k: settings[k] for k in ("epochs", "seed", "prune", "schedule", "warmup", "timeout", "repeats")
+                    if k in settings})
     if settings.get("objective") or settings.get("run"):
         entries.update({"metric": settings["metric"]} if settings.get("metric") not in (None, "val_accuracy") else {})
     if command != "grid":

@@ -72,6 +72,10 @@ class MemberResult:
     reason: str = ""
     seconds: float = 0.0  # this member's share of the population's wall time
     step_ms: float = 0.0  # mean wall time of one (population) step while this member trained
+    # The last validation loss's standard error over the validation examples, and how many there are
+    # (a binomial standard error for the accuracy): how far the ranking can be trusted. None: not known.
+    val_loss_se: float | None = None
+    val_examples: int | None = None
     params: dict[str, torch.Tensor] = field(default_factory=dict)  # final parameters, on the CPU
 
 
@@ -489,16 +493,31 @@ def _one_at_a_time(models: list[nn.Module], device: torch.device, member_dims: i
 
 
 def evaluate(batched: _Batched, params: list[torch.Tensor], kind: Kind, split: tuple[torch.Tensor, torch.Tensor],
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each member's loss and accuracy (NaN for regression) on a split shared by every member, in evaluation mode."""
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each member's loss, accuracy (NaN for regression) and the loss's standard error over the examples, on a
+    split shared by every member, in evaluation mode."""
     x, y = split
     with torch.no_grad():
         batched.train(False)
         outputs = batched.forward(params, x)
-        losses = member_losses(kind, outputs, y)
+        each = example_losses(kind, outputs, y)
+        losses = each.mean(1)
+        se = each.std(1) / math.sqrt(each.shape[1]) if each.shape[1] > 1 else torch.full_like(losses, math.nan)
         if kind != "classification":
-            return losses, torch.full_like(losses, math.nan)
-        return losses, (outputs.argmax(-1) == y).float().mean(1)
+            return losses, torch.full_like(losses, math.nan), se
+        return losses, (outputs.argmax(-1) == y).float().mean(1), se
+
+
+def example_losses(kind: Kind, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each member's loss on each example (P, B): what member_losses averages."""
+    if kind == "regression":
+        if targets.dim() < outputs.dim():
+            targets = targets.expand(outputs.shape[0], *targets.shape)
+        squared = F.mse_loss(outputs, targets, reduction="none")
+        return squared.flatten(2).mean(2) if squared.dim() > 2 else squared
+    if targets.dim() < outputs.dim() - 1:
+        targets = targets.expand(outputs.shape[0], *targets.shape)
+    return F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none").view(outputs.shape[0], -1)
 
 
 def member_losses(kind: Kind, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -592,12 +611,12 @@ def train_population(
                 losses_seen[step] = loss
                 alive &= loss <= limit  # false for NaN and inf too: the member stops at this step
                 optimizer.step(trainable, grads, alive)
-        val_losses, val_acc = evaluate(batched, params, task.kind, task.val)
+        val_losses, val_acc, val_se = evaluate(batched, params, task.kind, task.val)
         with torch.no_grad():
             first_bad = (~(losses_seen <= limit)).to(torch.uint8).argmax(0)  # 0 where none was bad
             bad_loss = losses_seen.gather(0, first_bad.unsqueeze(0)).squeeze(0)
             stats = torch.stack([losses_seen.mean(0), val_losses, val_acc, alive.float(), first_bad.float() + 1,
-                                 bad_loss]).cpu()
+                                 bad_loss, val_se]).cpu()
         seconds = time.perf_counter() - started
 
         healthy, diverged = [], []
@@ -605,10 +624,11 @@ def train_population(
             r = results[i]
             r.seconds += seconds / rows
             r.step_ms += (seconds / steps * 1000 - r.step_ms) / epoch  # running mean over epochs
-            train_loss, val_loss, val_accuracy, ok, step, value = stats[:, row].tolist()
+            train_loss, val_loss, val_accuracy, ok, step, value, se = stats[:, row].tolist()
             if ok and math.isfinite(val_loss):
                 r.train_loss.append(train_loss)
                 r.val_loss.append(val_loss)
+                r.val_loss_se, r.val_examples = (se if math.isfinite(se) else None), len(task.val[0])
                 if classifying:
                     r.val_accuracy.append(val_accuracy)
                 healthy.append(i)

@@ -52,7 +52,8 @@ def test_csv_keeps_its_columns_and_adds_the_new_ones_last(journal):
     rows = _csv_rows(journal, "coarse")
     columns = list(rows[0])
     assert columns[:4] == ["rank", "study", "trial", "lr"]
-    assert columns[-4:] == ["phase", "delta", "diagnosis", "edges"]
+    assert columns[-9:] == ["phase", "delta", "diagnosis", "edges",  # then the columns of "how sure"
+                            "val_accuracy_se", "val_loss_se", "repeats", "tie", "bound"]
     assert float(rows[0]["delta"]) == 0.0 and float(rows[1]["delta"]) <= 0.0
     assert rows[0]["edges"].startswith("lr ")  # two learning rates: the best is on one edge or the other
 

@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Sequence
 from hpsearch.errors import BadInput
 from hpsearch.objective.base import EpochCallback, Failure
 from hpsearch.objective.hp import HP, SETTINGS, MetricError, TrialEnded, check_metrics
-from hpsearch.objective.own import LOG_LIMIT, OneAtATime, TrialRun, log_note, log_path
+from hpsearch.objective.own import LOG_LIMIT, OneAtATime, TrialRun, log_note
 from hpsearch.space import names as param_names
 from hpsearch.spec import Config
 
@@ -114,12 +114,12 @@ class CommandObjective(OneAtATime):
         return self.device, {}
 
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
-                trial: int) -> list[MemberResult] | Failure:
+                trial: int, log: Path | None) -> list[MemberResult] | Failure:
         device, placement = self._placement()
         hp = HP(config.params(), epochs, config.seed, device, self.split, trial)
         argv = [part.format_map(hp.texts()) for part in self.command]
         env = {**os.environ, **hp.environment(), **placement, "PYTHONUNBUFFERED": "1"}
-        path = log_path(self.logs, trial)
+        path = log
         where = log_note(path)
         run = TrialRun(index, config, on_epoch, self.metric, self.split)
         if path is not None:

@@ -22,6 +22,8 @@ from hpsearch.space import names, param
 ACCURACIES = ("val_accuracy", "test_accuracy")
 LOSSES = ("val_loss", "train_loss", "test_loss")
 METRICS = ACCURACIES + LOSSES
+# Not a metric: how many examples the validation figures were measured on, for their standard error (optional).
+COUNTS = ("val_examples",)
 ENV_PREFIX = "HPSEARCH_"
 ENV_PARAMS = "HPSEARCH_PARAMS"  # every value, as one JSON object
 SETTINGS = ("epochs", "seed", "split", "trial", "device")  # what a trial knows beside its hyperparameters
@@ -50,9 +52,14 @@ def check_metrics(epoch: object, metrics: Mapping[str, object]) -> dict[str, flo
         raise MetricError(f"epoch {epoch} reports no metric; report {', '.join(METRICS[:1] + LOSSES[:2])}")
     checked = {}
     for name, value in metrics.items():
+        if name in COUNTS:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise MetricError(f"{name} {value!r} at epoch {epoch} is not a whole number >= 1")
+            checked[name] = int(value)
+            continue
         if name not in METRICS:
             raise MetricError(f"unknown metric '{name}'; report val_accuracy, val_loss, train_loss "
-                              "(or test_accuracy, test_loss)")
+                              "(or test_accuracy, test_loss; and val_examples, the validation split's size)")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise MetricError(f"{name} {value!r} at epoch {epoch} is not a number")
         number = float(value)

@@ -34,8 +34,11 @@ DIVERGENCE_FACTOR = 10.0  # as the population trainer: a loss above 10x the tria
 LOG_LIMIT = 64 * 2**20  # bytes of a trial's log; beyond it, lines are dropped (a script printing without end)
 
 
-def log_path(logs: Path | None, trial: int) -> Path | None:
-    return None if logs is None else logs / f"trial-{trial}.log"
+def log_path(logs: Path | None, trial: int, seed: int | None = None) -> Path | None:
+    """trial-N.log; trial-N-seed-R.log for the R-th seed (from 1) of a trial that trains several (--repeats)."""
+    if logs is None:
+        return None
+    return logs / (f"trial-{trial}.log" if seed is None else f"trial-{trial}-seed-{seed}.log")
 
 
 def log_note(path: Path | None) -> str:
@@ -84,6 +87,8 @@ class TrialRun:
                 shown = "not finite" if not math.isfinite(watched) else f"{watched:.3g} > {DIVERGENCE_FACTOR:g}x its first"
                 self._end("diverged", number, f"{what} {shown} at epoch {number}")
         r = self.result
+        if "val_examples" in metrics:  # the accuracy's binomial standard error needs it
+            r.val_examples = int(metrics["val_examples"])
         for curve, value in ((r.train_loss, train), (r.val_loss, loss), (r.val_accuracy, accuracy)):
             if value is not None:
                 curve.append(value)
@@ -196,20 +201,25 @@ def load_function(reference: str) -> Callable[[HP], Any]:
 class OneAtATime(abc.ABC):
     """The user's code trains one configuration at a time: each is its own group (``run_one``)."""
 
+    logs: Path | None = None  # the folder of the trials' logs (none: their output is left where it is)
+
     def prepare(self) -> None:
         """Nothing to load by default; the function and the command check themselves here."""
 
     def train(self, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback,
               trials: Sequence[int] = ()) -> Iterator[Done]:
         self.prepare()
+        numbers = [trials[i] if i < len(trials) else i for i in range(len(configs))]
         for i, config in enumerate(configs):
-            number = trials[i] if i < len(trials) else i
-            yield [i], self.run_one(i, config, epochs, on_epoch, number)
+            number = numbers[i]
+            seed = numbers[:i].count(number) + 1 if numbers.count(number) > 1 else None  # one of its --repeats
+            yield [i], self.run_one(i, config, epochs, on_epoch, number, log_path(self.logs, number, seed))
 
     @abc.abstractmethod
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
-                trial: int) -> list[MemberResult] | Failure:
-        """Train ``config`` (batch index ``index``, trial number ``trial``): its result, or why it failed."""
+                trial: int, log: Path | None) -> list[MemberResult] | Failure:
+        """Train ``config`` (batch index ``index``, trial number ``trial``, its output to ``log``): its result,
+        or why it failed."""
 
 
 class FunctionObjective(OneAtATime):
@@ -232,11 +242,11 @@ class FunctionObjective(OneAtATime):
         return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
 
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
-                trial: int) -> list[MemberResult] | Failure:
+                trial: int, log: Path | None) -> list[MemberResult] | Failure:
         assert self._function is not None
         run = TrialRun(index, config, on_epoch, self.metric, self.split)
         hp = HP(config.params(), epochs, config.seed, self._device(), self.split, trial, run.report)
-        path = log_path(self.logs, trial)
+        path = log
         where = log_note(path)
         try:
             with _log(path) as log:

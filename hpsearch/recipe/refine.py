@@ -36,7 +36,7 @@ import optuna
 import pandas as pd
 
 from hpsearch.errors import BadInput
-from hpsearch.report.results import Results, edge_flags, read_results, searched_ranges, what_trains
+from hpsearch.report.results import Results, edge_flags, read_results, searched_ranges, ties_with_best, what_trains
 from hpsearch.search.records import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
 from hpsearch.space import grid_order, names as param_names, param
 from hpsearch.spec import (
@@ -91,6 +91,7 @@ class Refinement:
     step: dict[str, float]  # the refined step per parameter, as a factor on its scale (batch size: 2)
     source_epochs: int
     skipped: tuple[str, ...] = ()  # one line per source trial left out (values no longer allowed)
+    ties: tuple[str, ...] = ()  # the line naming the source trials that tie with the best within noise, if any
 
     def describe(self) -> list[str]:
         """The refined space, parameter by parameter, and the configurations it holds (``refine --show``)."""
@@ -99,7 +100,7 @@ class Refinement:
         studies = ", ".join(spec.source["studies"])  # type: ignore[index]
         lines = [(f"Study {spec.study}: refined from {studies} (top {len(self.top)}: {trials}); {spec.epochs} epochs "
                   f"(sources: {self.source_epochs}), seed {spec.seed}, sampler {spec.command}")]
-        lines += self.skipped
+        lines += self.skipped + self.ties
         for name in param_names():
             fixed = len(self.neighbourhoods[name]) == 1 and len(self.neighbourhoods[name][0].values) == 1
             lines.append(f"{name} ({'searched at one value' if fixed else _scale_note(name, self.step[name])}):")
@@ -293,17 +294,18 @@ def refine_spec(
     jobs: int = 1,
     retries: int = DEFAULT_RETRIES,
     max_points: int = MAX_POINTS,
+    repeats: int | None = None,
 ) -> Refinement:
     """The refined study around the best ``top`` completed trials of ``sources`` (read, never written).
 
-    Task, seed and pruner carry over from the first source unless given; epochs default to 3x the
+    Task, seed, pruner and repeats carry over from the first source unless given; epochs default to 3x the
     sources' (10 to 20, never fewer than theirs); the study name to ``<first source>-refine``.
     """
     names = list(dict.fromkeys(sources))
     if not names:
         raise BadInput("name a study to refine from: --from STUDY")
     check_int("top", top)
-    for name, value in (("epochs", epochs), ("seed", seed), ("trials", trials)):
+    for name, value in (("epochs", epochs), ("seed", seed), ("trials", trials), ("repeats", repeats)):
         if value is not None:  # given: checked before any study is read
             check_int(name, value)
     check_max_points(max_points)
@@ -328,6 +330,7 @@ def refine_spec(
 
     source_epochs = max(int(s.get("epochs", 1)) for s in settings.values())  # type: ignore[call-overload]
     seed = _carried("seed", seed, int(first.get("seed", 0)), names[0])  # type: ignore[call-overload]
+    repeats = _carried("repeats", repeats, first.get("repeats", 1), names[0])  # type: ignore[arg-type]
     if epochs is None:
         source_epochs = _carried("epochs", None, source_epochs, names[0])  # the default grows from it
         epochs = max(source_epochs, min(MAX_EPOCHS, max(MIN_EPOCHS, EPOCHS_FACTOR * source_epochs)))
@@ -340,7 +343,7 @@ def refine_spec(
                       kind=first.get("kind"), epochs=epochs,  # type: ignore[arg-type]
                       seed=seed,
                       trials=trials, study=target, storage=storage, device=device,
-                      jobs=jobs, retries=retries,
+                      jobs=jobs, retries=retries, repeats=repeats,
                       prune=str(first.get("prune", "none")) if prune is None else prune,
                       # the recipe refines without decay; a source searched with a schedule keeps it
                       schedule=str(first.get("schedule", "constant")), warmup=int(first.get("warmup", 0)))
@@ -348,7 +351,21 @@ def refine_spec(
                    points=points if sampler == "grid" else None, source=source, max_points=max_points)
     spec.check_size()  # the refined grid's size, not the default grid build_spec started from
     _check_target(spec)
-    return Refinement(spec, tuple(origin), hoods, step, source_epochs, skipped)
+    return Refinement(spec, tuple(origin), hoods, step, source_epochs, skipped, tie_lines(frame, top))
+
+
+def tie_lines(ranked: pd.DataFrame, top: int) -> tuple[str, ...]:
+    """A line naming the trials that tie with the best within noise, when there are any: the top ``top`` by
+    mean are then one choice among equals (README: How sure is the ranking)."""
+    tied = ties_with_best(ranked)
+    if tied.empty:
+        return ()
+    best = ranked.iloc[0]
+    named = ", ".join(f"{r.study}#{r.trial}" for r in tied.head(10).itertuples())
+    more = f" and {len(tied) - 10} more" if len(tied) > 10 else ""
+    return (f"note: {len(tied)} trial{'s' * (len(tied) > 1)} tie with the best ({best['study']}#{best['trial']}) within "
+            f"noise: {named}{more}; the top {top} are taken by their mean, and refining around them covers "
+            "their neighbours too",)
 
 
 def _check_target(spec: StudySpec) -> None:

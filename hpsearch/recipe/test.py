@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from hpsearch.errors import BadInput, RuntimeFailure
 from hpsearch.objective import Failure, objective_for
 from hpsearch.report.render import training_text
-from hpsearch.report.results import rank, trials_frame
+from hpsearch.report.results import binomial_se, rank, ties_with_best, trials_frame
 from hpsearch.search.records import (OUTCOME, SETTINGS_ATTR, TEST_ATTR, VAL_ACCURACY, VAL_LOSS, decode_params,
                                      made_by_hpsearch, not_hpsearch, param_config, write_test_result)
 from hpsearch.spec import Config, bounds_text, build_spec, check_int, check_schedule, in_bounds, point_problem
@@ -39,22 +39,25 @@ class AlreadyTested(BadInput):
         self.recorded = recorded
 
 
-def _chosen(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    """The trial to test: the study's best (``hpsearch.report.results.rank``), or trial ``number``, completed."""
+def _chosen(study: optuna.Study, number: int | None) -> tuple[optuna.trial.FrozenTrial, list[int]]:
+    """The trial to test: the study's best by the mean (``hpsearch.report.results.rank``), or trial ``number``,
+    completed; and the trials that tie with the best within noise (none when ``number`` was given)."""
     trials = study.get_trials(deepcopy=False)
+    ties: list[int] = []
     if number is None:
         ranked = rank(trials_frame(study))
         done = ranked[ranked["outcome"] == "completed"]
         if done.empty:
             raise BadInput(f"study '{study.study_name}' has no completed trial to test")
         number = int(done.iloc[0]["trial"])
+        ties = [int(t) for t in ties_with_best(ranked)["trial"]]
     found = [t for t in trials if t.number == number]
     if not found:
         raise BadInput(f"study '{study.study_name}' has no trial {number} (trials 0 to {len(trials) - 1})")
     if found[0].state != TrialState.COMPLETE:
         outcome = found[0].user_attrs.get(OUTCOME, found[0].state.name.lower())
         raise BadInput(f"trial {number} of study '{study.study_name}' did not complete ({outcome}); test a completed one")
-    return found[0]
+    return found[0], ties
 
 
 def final_test(name: str, trial: int | None = None, force: bool = False, storage: str | None = None,
@@ -78,7 +81,7 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
         raise AlreadyTested(f"study '{name}' was tested already ({recorded.get('when')}): the test set is used once, "
                             "so that it cannot steer the search; --force evaluates again (and says so in the record)",
                             recorded)
-    chosen = _chosen(study, trial)
+    chosen, ties = _chosen(study, trial)
     # Values an older hpsearch stored (batch size 1e20, seed -5) train nothing meaningful: refused, not tried.
     problem = point_problem(decode_params(chosen.params))
     for key in ("seed", "epochs"):
@@ -122,6 +125,8 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
         "val_loss": _last(chosen.user_attrs.get(VAL_LOSS)),
         "test_loss": result.val_loss[-1],
         "test_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
+        "test_examples": result.val_examples,  # the test accuracy's binomial standard error
+        "ties": ties,  # the trials that tied with the chosen one on validation, within noise
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     with store.batch():  # counted under the storage's lock: a concurrent evaluation is counted too
@@ -152,12 +157,18 @@ def describe(record: dict[str, Any]) -> str:
     config = ", ".join(f"{key}={value if isinstance(value, str) else format(value, 'g')}"
                        for key, value in record["config"].items())
     metrics = [f"test {key} {record[f'test_{key}']:.4f}" for key in ("accuracy", "loss") if record.get(f"test_{key}") is not None]
+    n = record.get("test_examples")
+    if record.get("test_accuracy") is not None and isinstance(n, int) and n > 0:
+        metrics[0] += f" ± {binomial_se(record['test_accuracy'], n):.4f} ({n} examples)"
     if record.get("val_accuracy") is not None:
         metrics.append(f"validation accuracy {record['val_accuracy']:.4f}")
     times = record.get("evaluations", 1)
     trained = training_text(record)
     if record.get("searched"):
         trained += f"; the trial: {training_text(record['searched'])}"
+    ties = record.get("ties") or []
+    tied = (f"; chosen by the mean from {len(ties) + 1} configurations that tie within noise (also trials "
+            f"{', '.join(map(str, ties[:10]))}{' ...' if len(ties) > 10 else ''})") if ties else ""
     return (f"Test of study {record['study']}, trial {record['trial']} ({config}; {trained}): "
-            f"{', '.join(metrics)}; evaluated {'once' if times == 1 else f'{times} times'}, last {record['when']}")
+            f"{', '.join(metrics)}; evaluated {'once' if times == 1 else f'{times} times'}, last {record['when']}{tied}")
 

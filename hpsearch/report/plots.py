@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from hpsearch.report.results import Results
 from hpsearch.space import names as param_names, param
 from hpsearch.space import params as space_params
@@ -119,14 +121,20 @@ def metric_vs_lr(results: Results) -> Any:
     best = max if metric == "val_accuracy" else min
     several = "optimizer" in ok and ok["optimizer"].nunique() > 1
     keys = ["optimizer", "batch_size"] if several else ["batch_size"]
+    # With --repeats, each dot is a mean over seeds: its standard error as a bar (README: How sure is the ranking)
+    repeated = (pd.to_numeric(ok["repeats"], errors="coerce").fillna(1) > 1).any()
     for i, (values, group) in enumerate(ok.groupby(keys, sort=True)):
         label = f"{values[0]}, batch size {values[1]}" if several else f"batch size {values[0]}"
         axes.scatter(group["lr"], group[metric], color=f"C{i % 10}", alpha=0.6, label=label)
+        if repeated:
+            axes.errorbar(group["lr"], group[metric], yerr=pd.to_numeric(group[f"{metric}_se"], errors="coerce"),
+                          fmt="none", ecolor=f"C{i % 10}", alpha=0.5, capsize=2)
         line = group.groupby("lr")[metric].agg(best)  # the best trial at each learning rate, joined
         axes.plot(line.index, line.values, color=f"C{i % 10}", linestyle=":")
     axes.set_xscale("log")
     axes.set(title=f"Validation {'accuracy' if metric == 'val_accuracy' else 'loss'} against learning rate\n"
-                   "(dots: every completed trial; line: the best at each learning rate)", xlabel="Learning rate (log scale)",
+                   f"(dots: every completed trial{', mean ± standard error over its seeds' if repeated else ''}; "
+                   "line: the best at each learning rate)", xlabel="Learning rate (log scale)",
              ylabel="Validation accuracy" if metric == "val_accuracy" else "Validation loss")
     axes.grid(alpha=0.3, which="both")
     axes.legend()

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.errors import BadInput
-from hpsearch.report.results import DIAGNOSIS_RULES, Results, phase
+from hpsearch.report.results import DIAGNOSIS_RULES, Results, binomial_se, phase
 from hpsearch.space import names as param_names, param
 from hpsearch.space import params as space_params
 from hpsearch.studyfile import study_file_text
@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     from hpsearch.search.run import SearchOutcome
 
 _OTHER_HEADERS = {  # two-line headers keep the table inside an 80-column terminal
-    "epochs": "\nepochs", "val_accuracy": "val\nacc", "delta": "vs\nbest",
-    "val_loss": "val\nloss", "train_loss": "train\nloss", "outcome": "\noutcome", "diagnosis": "\ndiagnosis",
-    "seconds": "\nsecs",
+    "epochs": "\nepochs", "repeats": "\nseeds", "val_accuracy": "val\nacc", "val_accuracy_se": "\n±",
+    "delta": "vs\nbest", "val_loss": "val\nloss", "val_loss_se": "\n±", "train_loss": "train\nloss",
+    "outcome": "\noutcome", "diagnosis": "\ndiagnosis", "seconds": "\nsecs",
 }
 
 
@@ -46,13 +46,40 @@ def _cell(column: str, value: object) -> str:
         return ""
     if column in param_names():
         return param(column).cell(value)
-    if column in ("val_accuracy", "val_loss", "train_loss"):
+    if column in ("val_accuracy", "val_loss", "train_loss", "val_accuracy_se", "val_loss_se"):
         return f"{value:.4f}"
     if column == "seconds":
         return f"{value:.2f}"
     if column == "delta":
         return f"{value:+.4f}"
     return str(value)
+
+
+def _delta_cell(record: dict) -> str:
+    """'-0.0028 tie' when the row is within noise of the best (results.TIE_Z)."""
+    cell = _cell("delta", record["delta"])
+    return f"{cell} tie" if cell and record.get("tie") is True else cell
+
+
+def _metric_cell(column: str, record: dict) -> str:
+    """'0.9889 ± 0.0055': a validation metric with its standard error, where known."""
+    cell = _cell(column, record[column])
+    se = _cell(column, record.get(f"{column}_se"))
+    return f"{cell} ± {se}" if cell and se else cell
+
+
+def _shown_extras(frame: pd.DataFrame) -> set[str]:
+    """The optional columns this frame needs: the ranked metric's ± (accuracy's, or a regression's loss's), and
+    the seeds when any configuration trained with more than one."""
+    classifying = pd.to_numeric(frame["val_accuracy"], errors="coerce").notna().any()
+    se = "val_accuracy_se" if classifying else "val_loss_se"
+    shown = {se} if pd.to_numeric(frame[se], errors="coerce").notna().any() else set()
+    if (pd.to_numeric(frame["repeats"], errors="coerce").fillna(1) > 1).any():
+        shown.add("repeats")
+    return shown
+
+
+_EXTRAS = ("val_accuracy_se", "val_loss_se", "repeats")  # shown when the frame needs them (_shown_extras)
 
 
 def _outcome(record: dict) -> str:
@@ -71,8 +98,10 @@ _OPTIONAL = [("seconds", 116), ("epochs", 110), ("train_loss", 102), ("delta", 9
 def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None, width: int = 200) -> Table:
     """The ranked rows as a rich Table for a terminal ``width`` wide; rows without a result dimmed, last."""
     several = frame["study"].nunique() > 1
+    extras = _shown_extras(frame)
     columns = ["rank"] + (["study", "phase"] if several else []) + ["trial"] + list(_headers())[1:]
-    columns = [c for c in columns if not any(c == name and width < needed for name, needed in _OPTIONAL)]
+    columns = [c for c in columns if not any(c == name and width < needed for name, needed in _OPTIONAL)
+               and (c not in _EXTRAS or c in extras)]
     out = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD,
                 collapse_padding=True, pad_edge=False)
     for c in columns:
@@ -80,7 +109,8 @@ def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None,
                        no_wrap=True)
     shown = frame if top is None else frame.head(top)
     for record in shown.to_dict("records"):
-        cells = [_outcome(record) if c == "outcome" else _cell(c, record[c]) for c in columns]
+        cells = [_outcome(record) if c == "outcome" else _delta_cell(record) if c == "delta" else _cell(c, record[c])
+                 for c in columns]
         if record["outcome"] != "completed" and "diagnosis" in columns:  # the outcome cell says it already
             cells[columns.index("diagnosis")] = ""
         out.add_row(*cells, style=None if record["outcome"] == "completed" else "dim")
@@ -104,10 +134,40 @@ def best_line(frame: pd.DataFrame) -> str:
     ok = frame[frame["outcome"] == "completed"]
     if ok.empty:
         return "No trial completed."
-    b = ok.iloc[0]
-    metric = f"val acc {b.val_accuracy:.4f}" if pd.notna(b.val_accuracy) else f"val loss {b.val_loss:.4f}"  # regression: loss
+    b = ok.iloc[0].to_dict()
+    column = "val_accuracy" if pd.notna(b["val_accuracy"]) else "val_loss"  # regression: loss
+    metric = f"{'val acc' if column == 'val_accuracy' else 'val loss'} {_metric_cell(column, b)}"
+    seeds = f" (mean of {b['repeats']} seeds)" if pd.notna(b['repeats']) and b['repeats'] > 1 else ""
     values = ", ".join(f"{p.name}={p.cell(b[p.name])}" for p in space_params())
-    return f"Best: {metric} with {values} (study {b.study}, trial {b.trial})"
+    return f"Best: {metric}{seeds} with {values} (study {b['study']}, trial {b['trial']})"
+
+
+def noise_lines(results: Results) -> list[str]:
+    """What noise does to the ranking: which rows tie the best, and when the best's seeds spread more than its lead."""
+    from hpsearch.report.results import TIE_Z, ties_with_best
+
+    frame = results.frame
+    ok = frame[frame["outcome"] == "completed"]
+    lines = []
+    tied = ties_with_best(frame)
+    if len(tied):
+        several = frame["study"].nunique() > 1
+        named = ", ".join(f"{r.study}#{r.trial}" if several else str(r.trial) for r in tied.head(10).itertuples())
+        more = f" and {len(tied) - 10} more" if len(tied) > 10 else ""
+        lines.append(f"{len(tied)} other configuration{'s' * (len(tied) > 1)} tie{'s' * (len(tied) == 1)} with the best "
+                     f"within noise (|difference| <= {TIE_Z:g} standard errors): trial{'s' * (len(tied) > 1)} "
+                     f"{named}{more}; more seeds (--repeats) or a larger validation split would tell them apart")
+    if len(ok) > 1:
+        best, second = ok.iloc[0], ok.iloc[1]
+        column = "val_accuracy" if pd.notna(best["val_accuracy"]) else "val_loss"
+        std = results.trial(best["study"], int(best["trial"])).user_attrs.get("seed_std", {})
+        spread = std.get(column) if isinstance(std, dict) else None
+        lead = abs(float(best[column]) - float(second[column]))
+        if isinstance(spread, (int, float)) and spread > lead:
+            lines.append(f"the best configuration's seeds spread more ({column.replace('_', ' ')} sd {spread:.4f}) "
+                         f"than its lead over the next (trial {second['trial']}, {lead:.4f}): the order of the top "
+                         "rows is noise")
+    return lines
 
 
 def to_csv(frame: pd.DataFrame) -> str:
@@ -249,6 +309,10 @@ def test_lines(results: Results) -> list[str]:
             continue
         metrics = ", ".join(f"{key.replace('_', ' ')} {test[key]:.4f}" for key in ("test_accuracy", "test_loss")
                             if isinstance(test.get(key), (int, float)))
+        n = test.get("test_examples")
+        if isinstance(test.get("test_accuracy"), (int, float)) and isinstance(n, int) and n > 0:
+            metrics = metrics.replace(f"{test['test_accuracy']:.4f}", f"{test['test_accuracy']:.4f} ± "
+                                      f"{binomial_se(test['test_accuracy'], n):.4f}", 1)
         if isinstance(test.get("val_accuracy"), (int, float)):
             metrics += f" (the trial's validation accuracy {test['val_accuracy']:.4f})"
         config = ", ".join(f"{k}={_cell(k, v)}" for k, v in (test.get("config") or {}).items() if k in param_names())
@@ -270,19 +334,25 @@ def training_text(record: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-_MARKDOWN_AFTER = ["epochs", "val_accuracy", "delta", "val_loss", "train_loss", "outcome", "diagnosis"]
+_MARKDOWN_AFTER = ["epochs", "repeats", "val_accuracy", "delta", "val_loss", "train_loss", "outcome", "diagnosis"]
 
 
 def _report_columns(results: Results) -> list[str]:
-    """The columns of a Markdown or HTML table: study and phase only when several studies are shown."""
+    """The columns of a Markdown or HTML table: study and phase only when several studies are shown, seeds only
+    when some configuration trained with several (the ± is inside the metric's cell)."""
     several = len(results.studies) > 1
     markdown = ["rank", "study", "phase", "trial", *param_names(), *_MARKDOWN_AFTER]
-    return [c for c in markdown if several or c not in ("study", "phase")]
+    extras = _shown_extras(results.frame)
+    return [c for c in markdown if (several or c not in ("study", "phase")) and (c != "repeats" or c in extras)]
 
 
 def _text_cell(column: str, record: dict) -> str:
     if column == "outcome":
         return _outcome(record)
+    if column == "delta":
+        return _delta_cell(record)
+    if column in ("val_accuracy", "val_loss"):
+        return _metric_cell(column, record)
     return _cell(column, record[column])
 
 
@@ -294,7 +364,7 @@ def to_markdown(results: Results, frame: pd.DataFrame) -> str:
     rule = "|" + "|".join("---:" if r else ":---" for r in right) + "|"
     rows = ["| " + " | ".join(_text_cell(c, r).replace("|", "\\|") for c in columns) + " |"
             for r in frame.to_dict("records")]
-    notes = [best_line(frame)] + edge_lines(frame) + test_lines(results) + failure_lines(frame)
+    notes = [best_line(frame)] + noise_lines(results) + edge_lines(frame) + test_lines(results) + failure_lines(frame)
     return "\n".join([head, rule, *rows, "", *(f"- {line}" for line in notes)]) + "\n"
 
 
@@ -312,7 +382,8 @@ def to_json(results: Results, frame: pd.DataFrame) -> str:
     studies = [{"study": name, "phase": phase(results.settings(name)), "settings": results.settings(name),
                 "direction": study.direction.name.lower(), "test_result": results.test_result(name)}
                for name, study in results.studies.items()]
-    document = {"studies": studies, "best": best_line(frame), "edges": edge_lines(frame), "trials": trials}
+    document = {"studies": studies, "best": best_line(frame), "noise": noise_lines(results), "edges": edge_lines(frame),
+                "trials": trials}
     return json.dumps(document, indent=2, default=str) + "\n"
 
 
@@ -357,7 +428,8 @@ def to_html(results: Results, frame: pd.DataFrame) -> str:
         f'<tr class="{"ok" if r["outcome"] == "completed" else "other"}">'
         + "".join(f'<td class="{"text" if c in _TEXT else "num"}">{esc(_text_cell(c, r))}</td>' for c in columns)
         + "</tr>" for r in frame.to_dict("records"))
-    notes = "".join(f'<p class="note">{esc(line)}</p>' for line in edge_lines(frame) + test_lines(results))
+    notes = "".join(f'<p class="note">{esc(line)}</p>'
+                    for line in noise_lines(results) + edge_lines(frame) + test_lines(results))
     failures = "".join(f"<p>{esc(line)}</p>" for line in failure_lines(frame))
     found = importances(results)
     images = "".join(
@@ -482,7 +554,7 @@ def print_ranked(console: Console, results: Results, top: int | None, notes: boo
     for line in failure_lines(frame):
         console.print(line, style="red")
     console.print(best_line(frame))
-    for line in (edge_lines(frame) + test_lines(results)) if notes else []:
+    for line in noise_lines(results) + ((edge_lines(frame) + test_lines(results)) if notes else []):
         console.print(line, style="yellow")
 
 

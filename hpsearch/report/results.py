@@ -5,18 +5,23 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping, Sequence
 
+import math
+
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.search.records import (EPOCHS, OUTCOME, REASON, SECONDS, SETTINGS_ATTR, STOPPED_EPOCH, TEST_ATTR,
-                                     claimable, decode_params, made_by_hpsearch, not_hpsearch)
+from hpsearch.search.records import (EPOCHS, OUTCOME, REASON, REPEATS, SECONDS, SEED_STD, SETTINGS_ATTR,
+                                     STOPPED_EPOCH, TEST_ATTR, VAL_EXAMPLES, VAL_LOSS_SE, claimable, decode_params,
+                                     made_by_hpsearch, not_hpsearch)
 from hpsearch.space import names as param_names, params as space_params
+from hpsearch.spec import RANKINGS
 from hpsearch.storage.store import load_study, open_storage
 
 _AFTER_PARAMS = [
     "epochs", "val_accuracy", "val_loss", "train_loss", "outcome", "stopped_epoch", "seconds", "reason",
     "phase", "delta", "diagnosis", "edges",  # added after the first release: new CSV columns go last
+    "val_accuracy_se", "val_loss_se", "repeats", "tie", "bound",
 ]
 
 
@@ -49,7 +54,45 @@ def _row(study: str, t: FrozenTrial) -> dict[str, object]:
         "reason": attrs.get(REASON, ""),
         "diagnosis": diagnose(outcome, curves["train_loss"], curves["val_loss"], attrs.get(STOPPED_EPOCH),
                               attrs.get(REASON, "")),
+        **(standard_errors(curves, attrs) if completed else {}),
+        "repeats": _count(attrs.get(REPEATS)) or 1,
     }
+
+
+def _count(value: object) -> int | None:
+    """A stored count, or None when it is not one (a study written by hand, or by an older hpsearch)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """The standard error of an accuracy measured on ``n`` examples; a perfect (or null) score counts half an
+    error (or half a success), so that it is never 0."""
+    p = min(max(accuracy, 0.5 / n), 1 - 0.5 / n)
+    return math.sqrt(p * (1 - p) / n)
+
+
+def standard_errors(curves: Mapping[str, Sequence[float]], attrs: Mapping[str, Any]) -> dict[str, float | None]:
+    """The standard errors of a completed trial's final validation accuracy and loss (README: How sure is the
+    ranking). One seed: the accuracy's binomial one over the validation examples (a perfect score counts half an
+    error, so that it is never 0), the loss's over the examples. K seeds: the seeds' standard error combined
+    with that one, which more seeds do not shrink: sqrt(sd**2 / K + se**2). None where nothing says."""
+    n = _count(attrs.get(VAL_EXAMPLES))
+    k = _count(attrs.get(REPEATS)) or 1
+    std = attrs.get(SEED_STD) if isinstance(attrs.get(SEED_STD), dict) else {}
+    out: dict[str, float | None] = {}
+    for name, of_examples in (("val_accuracy", None), ("val_loss", _number(attrs.get(VAL_LOSS_SE)))):
+        final = _number(curves[name][-1]) if curves[name] else None
+        if final is not None and name == "val_accuracy" and n is not None:
+            of_examples = binomial_se(final, n)
+        sd = _number(std.get(name))
+        parts = [x for x in ((sd**2 / k) if sd is not None and k > 1 else None,
+                             of_examples**2 if of_examples is not None else None) if x is not None]
+        out[f"{name}_se"] = math.sqrt(sum(parts)) if parts and final is not None else None
+    return out
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -65,24 +108,77 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return frame[~stale]
 
 
-def rank(frame: pd.DataFrame) -> pd.DataFrame:
-    """Best first (higher validation accuracy, then lower validation loss); the rest last, unranked."""
-    ok = frame[frame["outcome"] == "completed"].sort_values(
-        ["val_accuracy", "val_loss", "study", "trial"], ascending=[False, True, True, True])
+TIE_Z = 2.0  # a row ties the best when within two standard errors of their difference: about a 95% test
+
+
+def rank(frame: pd.DataFrame, by: str = "mean") -> pd.DataFrame:
+    """Best first (higher validation accuracy, then lower validation loss; ``by="lcb"``: higher lower bound,
+    accuracy - 2 se, or for a loss the lower upper bound); the rest last, unranked."""
+    frame = frame.reindex(columns=[c for c in columns() if c != "rank"])  # a frame from before a column existed
+    frame = frame.assign(bound=_bound(frame))
+    ok = frame[frame["outcome"] == "completed"]
+    if by not in RANKINGS:
+        raise ValueError(f"rank by one of {RANKINGS}, not {by!r}")
+    if by == "lcb":
+        accuracy = pd.to_numeric(ok["val_accuracy"], errors="coerce")
+        key = (-ok["bound"]).where(accuracy.notna(), ok["bound"])  # lowest first: -(accuracy bound), or the loss bound
+        ok = ok.assign(_key=key).sort_values(["_key", "val_loss", "study", "trial"]).drop(columns="_key")
+    else:
+        ok = ok.sort_values(["val_accuracy", "val_loss", "study", "trial"], ascending=[False, True, True, True])
     rest = frame[frame["outcome"] != "completed"]
     order = rest["outcome"].map({o: i for i, o in enumerate(_LAST)}).fillna(len(_LAST))
     rest = rest.assign(_order=order).sort_values(["_order", "study", "trial"]).drop(columns="_order")
     ok = ok.assign(rank=range(1, len(ok) + 1))
     out = pd.concat([ok, rest.assign(rank=pd.NA)], ignore_index=True) if len(rest) else ok.reset_index(drop=True)
     out["rank"] = out["rank"].astype("Int64")
-    for name in (*(p.name for p in space_params() if p.integer), "epochs", "stopped_epoch"):
+    for name in (*(p.name for p in space_params() if p.integer), "epochs", "stopped_epoch", "repeats"):
         out[name] = _whole(out[name])
     out["delta"] = _delta(out)
+    out["tie"] = _ties(out)
     ranges = searched_ranges(out)
     out["edges"] = ""  # for the best row only: on a coarse grid every other row sits on some edge too
     if len(ok):
         out.loc[0, "edges"] = ", ".join(f"{name} {side}" for name, side in edge_flags(out.iloc[0], ranges).items())
     return out[columns()]
+
+
+def _ranked_metric(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per row, the metric it is ranked by and that metric's standard error: accuracy, or a regression's loss."""
+    accuracy = pd.to_numeric(frame["val_accuracy"], errors="coerce")
+    loss = pd.to_numeric(frame["val_loss"], errors="coerce")
+    metric = accuracy.where(accuracy.notna(), loss)
+    se = pd.to_numeric(frame["val_accuracy_se"], errors="coerce").where(
+        accuracy.notna(), pd.to_numeric(frame["val_loss_se"], errors="coerce"))
+    return metric, se
+
+
+def _bound(frame: pd.DataFrame) -> pd.Series:
+    """The pessimistic end of each completed row's metric: accuracy - 2 se, loss + 2 se (se unknown: the mean)."""
+    metric, se = _ranked_metric(frame)
+    accuracy = pd.to_numeric(frame["val_accuracy"], errors="coerce")
+    margin = TIE_Z * se.fillna(0.0)
+    return (metric - margin).where(accuracy.notna(), metric + margin).where(frame["outcome"] == "completed")
+
+
+def _ties(ranked: pd.DataFrame) -> pd.Series:
+    """Whether each completed row below the first is within noise of it: |best - row| <= 2 sqrt(se_best² + se_row²).
+
+    NA where either standard error is unknown, and on the first row itself.
+    """
+    metric, se = _ranked_metric(ranked)
+    ok = ranked["outcome"] == "completed"
+    tie = pd.Series(pd.NA, index=ranked.index, dtype="boolean")
+    if not ok.any() or pd.isna(se.iloc[0]):
+        return tie
+    within = (metric - metric.iloc[0]).abs() <= TIE_Z * (se**2 + se.iloc[0] ** 2) ** 0.5
+    known = ok & se.notna() & (ranked.index > 0)
+    tie[known] = within[known]
+    return tie
+
+
+def ties_with_best(ranked: pd.DataFrame) -> pd.DataFrame:
+    """The completed rows that tie the best (the first row) within noise."""
+    return ranked[ranked["tie"].fillna(False).astype(bool)]
 
 
 def _whole(column: pd.Series) -> pd.Series:
@@ -96,19 +192,18 @@ def _whole(column: pd.Series) -> pd.Series:
 
 
 def _delta(ranked: pd.DataFrame) -> pd.Series:
-    """Each completed row's distance to the best: accuracy minus the best accuracy (<= 0), or for a
-    regression row (no accuracy) its validation loss minus the lowest (>= 0)."""
+    """Each completed row's distance to the first (the best): accuracy minus the first row's (<= 0 when ranked
+    by the mean), or for a regression row (no accuracy) its validation loss minus the first row's (>= 0)."""
     ok = ranked["outcome"] == "completed"
-    accuracy = pd.to_numeric(ranked["val_accuracy"], errors="coerce")
-    loss = pd.to_numeric(ranked["val_loss"], errors="coerce")
-    by_loss = ok & accuracy.isna()
-    delta = (accuracy - accuracy[ok].max()).where(ok & accuracy.notna())
-    return delta.fillna((loss - loss[by_loss].min()).where(by_loss))
+    if not ok.any():
+        return pd.Series(math.nan, index=ranked.index)
+    metric, _ = _ranked_metric(ranked)
+    return (metric - metric.iloc[0]).where(ok)
 
 
-def load_results(names: Sequence[str], storage: str | None = None) -> pd.DataFrame:
+def load_results(names: Sequence[str], storage: str | None = None, by: str = "mean") -> pd.DataFrame:
     """The ranked table of one or several studies."""
-    return read_results(names, storage).frame
+    return read_results(names, storage, by).frame
 
 
 @dataclass(frozen=True)
@@ -137,7 +232,7 @@ class Results:
         return {m: list(attrs.get(m) or []) for m in METRICS}
 
 
-def read_results(names: Sequence[str], storage: str | None = None) -> Results:
+def read_results(names: Sequence[str], storage: str | None = None, by: str = "mean") -> Results:
     """Load one or several studies once, for the ranked table and everything a report shows."""
     store = open_storage(storage, create=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -146,7 +241,7 @@ def read_results(names: Sequence[str], storage: str | None = None) -> Results:
         if not claimable(study):  # an empty study without attributes is merely an empty table
             raise not_hpsearch(name, f"it holds {_foreign_summary(study)}; hpsearch reads its own studies only "
                                "(open this one with optuna.load_study or optuna-dashboard)")
-    frame = rank(pd.concat([trials_frame(study) for study in studies.values()], ignore_index=True))
+    frame = rank(pd.concat([trials_frame(study) for study in studies.values()], ignore_index=True), by)
     return Results(frame, studies)
 
 

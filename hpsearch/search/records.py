@@ -16,7 +16,15 @@ Trial attributes:
                    (absent for regression, whose intermediate values are val_loss)
     seconds        the trial's share of its population's wall time
     step_ms        mean wall time of one training step of its population, in milliseconds
-    seed           the configuration's seed (from --seed and the values)
+    seed           the configuration's seed (from --seed and the values); with --repeats, its first seed's
+    val_examples   how many examples the validation split has (the accuracy's binomial standard error)
+    val_loss_se    the last validation loss's standard error over those examples (with --repeats: the seeds' mean)
+    repeats        seeds the configuration trained with (--repeats K, written when K > 1); then the value and the
+                   curves above are the means over the seeds, and beside them:
+    seeds          the seeds, in order
+    per_seed       per seed: outcome, and the final val_accuracy, val_loss, train_loss (lists, None where none)
+    seed_curves    per seed: the per-epoch curves (val_accuracy, val_loss, train_loss: lists of lists)
+    seed_std       the standard deviation over the seeds of the final val_accuracy and val_loss
     stopped_epoch  the epoch a diverged or pruned trial stopped in; diverged_step: the step within it
     worker         host:pid:token of the worker that popped the trial
     heartbeat      unix time the worker last showed it is alive
@@ -28,8 +36,10 @@ Study attributes: ``hpsearch`` (the settings a study was created with) and ``tes
 from __future__ import annotations
 
 import enum
+import math
+import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -50,6 +60,13 @@ VAL_ACCURACY = "val_accuracy"
 SECONDS = "seconds"
 STEP_MS = "step_ms"
 SEED = "seed"
+VAL_EXAMPLES = "val_examples"
+VAL_LOSS_SE = "val_loss_se"
+REPEATS = "repeats"
+SEEDS = "seeds"
+PER_SEED = "per_seed"
+SEED_CURVES = "seed_curves"
+SEED_STD = "seed_std"
 STOPPED_EPOCH = "stopped_epoch"
 DIVERGED_STEP = "diverged_step"
 WORKER_ATTR = "worker"
@@ -132,12 +149,15 @@ def beat_by_id(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
     storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, round(time.time(), 3))
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, result: MemberResult, prune: str, minimize: bool) -> float | None:
+def tell(study: optuna.Study, trial: optuna.Trial, results: Sequence[MemberResult], prune: str,
+         minimize: bool, repeats: int = 1) -> float | None:
     """Record a trained trial: its curves and outcome, then COMPLETE with its value, or PRUNED.
 
-    Diverged and pruned trials are PRUNED so that TPE still learns from their curves. Returns the
-    value told (None when it did not complete).
+    ``results``: one per seed it trained with (--repeats K: up to K, fewer when a seed diverged and the others
+    were not run); they are recorded as their mean (``merge``) with each seed's figures beside it. Diverged and pruned trials are PRUNED so that TPE still learns
+    from their curves. Returns the value told (None when it did not complete).
     """
+    result = results[0] if repeats == 1 else merge(results, repeats)
     attrs: dict[str, Any] = {
         OUTCOME: result.outcome,
         REASON: result.reason,
@@ -149,6 +169,10 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: MemberResult, prune: 
         STEP_MS: round(result.step_ms, 4),
         SEED: result.config.seed,
     }
+    attrs.update({key: value for key, value in ((VAL_EXAMPLES, result.val_examples), (VAL_LOSS_SE, result.val_loss_se))
+                  if value is not None})
+    if repeats > 1:
+        attrs.update(seed_attrs(results, repeats))
     if result.outcome == "stopped":  # the trainer stops what the pruner asks it to
         attrs[OUTCOME] = Outcome.PRUNED.value
         attrs[REASON] = f"pruned by {prune} after epoch {result.stopped_epoch}"
@@ -164,6 +188,48 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: MemberResult, prune: 
     value = result.val_loss[-1] if minimize else result.val_accuracy[-1]
     study.tell(trial, value)
     return value
+
+
+_CURVES = ("val_accuracy", "val_loss", "train_loss")
+
+
+def merge(results: Sequence[MemberResult], repeats: int) -> MemberResult:
+    """One configuration's seeds as one result: the mean curves (over the epochs every seed reached), and the
+    outcome of the first seed that diverged, else of the first that was stopped, else completed: a configuration
+    that diverges with one of its seeds is not one to pick."""
+    from hpsearch.train import MemberResult
+
+    def mean_curve(name: str) -> list[float]:
+        curves = [getattr(r, name) for r in results]
+        length = min(map(len, curves))
+        return [statistics.fmean(c[e] for c in curves) for e in range(length)] if all(curves) else []
+
+    ended = ([(k, r) for k, r in enumerate(results) if r.outcome == Outcome.DIVERGED]
+             or [(k, r) for k, r in enumerate(results) if r.outcome != Outcome.COMPLETED])
+    ses = [r.val_loss_se for r in results if r.val_loss_se is not None]
+    merged = MemberResult(results[0].config, **{name: mean_curve(name) for name in _CURVES},
+                          seconds=sum(r.seconds for r in results),
+                          step_ms=statistics.fmean(r.step_ms for r in results),
+                          val_loss_se=statistics.fmean(ses) if ses else None, val_examples=results[0].val_examples)
+    if ended:
+        k, first = ended[0]
+        merged.outcome, merged.stopped_epoch, merged.diverged_step = first.outcome, first.stopped_epoch, first.diverged_step
+        merged.reason = f"seed {k + 1} of {repeats}: {first.reason}" if first.reason else ""
+    return merged
+
+
+def seed_attrs(results: Sequence[MemberResult], repeats: int) -> dict[str, Any]:
+    """What each seed of a configuration did (--repeats; the seeds that ran), beside the means ``tell`` records."""
+    finals = {name: [getattr(r, name)[-1] if getattr(r, name) else None for r in results] for name in _CURVES}
+    std = {name: statistics.stdev(values) for name in ("val_accuracy", "val_loss")
+           if len(values := finals[name]) > 1 and all(v is not None and math.isfinite(v) for v in values)}
+    return {
+        REPEATS: repeats,
+        SEEDS: [r.config.seed for r in results],
+        PER_SEED: {"outcome": [r.outcome for r in results], **finals},
+        SEED_CURVES: {name: [list(getattr(r, name)) for r in results] for name in _CURVES},
+        SEED_STD: std,
+    }
 
 
 def fail(study: optuna.Study, trial_id: int, outcome: Outcome, reason: str, requeued: bool = False) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import statistics
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
@@ -24,12 +25,12 @@ from hpsearch.search import samplers
 from hpsearch.search.records import (SETTINGS_ATTR, Outcome, attempt, beat, claimable, fail, finished,
                                      not_hpsearch, param_config, queued_params, requeue, tell, write_settings)
 from hpsearch.search.workers import Heartbeat, Worker, lock_folder, reap, running_elsewhere
-from hpsearch.space import param, params as space_params
+from hpsearch.space import param, params as space_params, repeat_seeds
 from hpsearch.spec import BUILTIN_TASKS, Config, Dimension, SearchSpace, StudySpec, Value, make_config
 from hpsearch.storage.store import Store, logs_folder, open_storage, study_names
 
 if TYPE_CHECKING:
-    from hpsearch.train import EpochReport
+    from hpsearch.train import EpochReport, MemberResult
 
 # Grid points enqueued per hold of the storage's lock. A whole large grid in one hold kept Ctrl-C,
 # SIGTERM and every other process out for minutes; a chunk of this size takes about a second on
@@ -66,7 +67,7 @@ def best_value(trials: Sequence[optuna.trial.FrozenTrial], minimize: bool = Fals
 # Settings keys added after studies already existed, and what a study without them meant.
 _LEGACY = {"metric": "val_accuracy"}
 # Settings written only when not at their default (StudySpec.settings), and that default.
-_OMITTED: dict[str, object] = {"schedule": "constant", "warmup": 0, "objective": None, "run": None}
+_OMITTED: dict[str, object] = {"schedule": "constant", "warmup": 0, "repeats": 1, "objective": None, "run": None}
 
 
 def _metric(spec: StudySpec) -> str:
@@ -201,31 +202,67 @@ class _Runner:
             self.progress(Progress(self.already + self.trained + extra, self.total, self.best))
 
     def run_batch(self, trials: list[Trial], configs: list[Config]) -> None:
-        """Train asked trials through the objective, and tell each group of them as it ends."""
+        """Train asked trials through the objective, and tell each trial once all its seeds have ended.
+
+        With --repeats K each configuration trains as K members (member j belongs to trial j // K, seed j % K):
+        an epoch's intermediate value is their mean, told once every seed has reached that epoch; a pruned
+        trial stops all its seeds, and one diverging stops its siblings (the trial is diverged).
+        """
+        k = self.spec.repeats
+        members = [seeded for config in configs for seeded in repeat_seeds(config, k)]
+        reached: dict[tuple[int, int], list[float]] = {}  # (trial index, epoch) -> the seeds' values so far
+        results: dict[int, dict[int, MemberResult]] = {}  # trial index -> seed -> result
+        ended: set[int] = set()  # trial indices told or failed
+
+        def siblings(i: int) -> range:
+            return range(i * k, (i + 1) * k)
 
         def on_epoch(group: Sequence[int], report: EpochReport) -> list[int]:
+            stop: list[int] = []
             with self._writes():
                 values = report.val_loss if self.minimize else report.val_accuracy
-                for i, value in zip(report.members, values):
-                    trials[i].report(value, report.epoch)
-                    beat(trials[i])
                 last = report.epoch == self.spec.epochs
-                prune = [] if last or self.spec.prune == "none" else [
-                    i for i in report.members if trials[i].should_prune()]
-            self._tick(len(group) * report.epoch / self.spec.epochs)
-            return prune
+                for j, value in zip(report.members, values):
+                    i = j // k
+                    beat(trials[i])
+                    seen = reached.setdefault((i, report.epoch), [])
+                    seen.append(value)
+                    if len(seen) < k:
+                        continue
+                    trials[i].report(statistics.fmean(seen), report.epoch)
+                    if not last and self.spec.prune != "none" and trials[i].should_prune():
+                        stop.extend(siblings(i))
+                for j in report.diverged:  # its configuration is diverged: its other seeds need not go on
+                    stop.extend(siblings(j // k))
+            self._tick((len(results_in_flight()) + len(group) * report.epoch / self.spec.epochs) / k)
+            return stop
+
+        def results_in_flight() -> list[MemberResult]:
+            return [r for i, seeds in results.items() if i not in ended for r in seeds.values()]
+
+        def concluded(i: int) -> bool:  # every seed ended, or one diverged or was stopped: the trial's outcome is known
+            seeds = results.get(i, {})
+            return len(seeds) == k or any(r.outcome != "completed" for r in seeds.values())
 
         try:
-            for members, results in self.objective.train(configs, self.spec.epochs, on_epoch, [t.number for t in trials]):
-                group = [trials[i] for i in members]
-                if isinstance(results, Failure):
-                    self._failed(group, results)
-                    continue
-                with self._writes():
-                    for trial, result in zip(group, results):
-                        self._tell(trial, result)
-                self.trained += len(group)
+            numbers = [t.number for t in trials for _ in range(k)]
+            for group, outcome in self.objective.train(members, self.spec.epochs, on_epoch, numbers):
+                open_trials = sorted({j // k for j in group} - ended)
+                if isinstance(outcome, Failure):
+                    ended.update(open_trials)
+                    self._failed([trials[i] for i in open_trials], outcome)
+                else:
+                    for j, result in zip(group, outcome):
+                        results.setdefault(j // k, {})[j % k] = result
+                    done = [i for i in open_trials if concluded(i)]
+                    with self._writes():
+                        for i in done:
+                            self._tell(trials[i], [results[i][r] for r in sorted(results[i])])
+                    ended.update(done)
+                    self.trained += len(done)
                 self._tick()
+                if len(ended) == len(trials):  # the rest of a failed or diverged trial's seeds need not run
+                    break
         except KeyboardInterrupt as stop:
             self.interrupted(stop)
         finally:
@@ -304,8 +341,8 @@ class _Runner:
         fail(self.study, trial._trial_id, outcome, reason, requeued)
         self.held.pop(trial.number, None)
 
-    def _tell(self, trial: Trial, result) -> None:  # noqa: ANN001 - a train.MemberResult
-        value = tell(self.study, trial, result, self.spec.prune, self.minimize)
+    def _tell(self, trial: Trial, results: list[MemberResult]) -> None:
+        value = tell(self.study, trial, results, self.spec.prune, self.minimize, self.spec.repeats)
         self.held.pop(trial.number, None)
         if value is not None:
             self.best = value if self.best is None else (min if self.minimize else max)(self.best, value)
