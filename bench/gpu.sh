@@ -37,7 +37,7 @@ step() {  # step NAME COMMAND...: one timed step; remembers the first failure
     step "devices and versions" bash -c "nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader; nproc; $PY -c 'import sys, torch, optuna; print(\"python\", sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"-\", \"optuna\", optuna.__version__)'"
     # test_cuda.py: every trainer path and grid/check on CUDA against the CPU; test_train's CUDA test; the check
     # command (on CUDA where auto finds it); the batched-layers and optimizer tests under this machine's torch.
-    step "tests" timeout -k 5 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_train.py tests/test_check.py \
+    step "tests" timeout -k 5 150 "$PY" -m pytest -q -p no:cacheprovider -rfEs tests/test_cuda.py tests/test_train.py tests/test_check.py \
         tests/test_train_layers.py tests/test_optimizers.py -k "cuda or population or layers or check"
     step "check digits" timeout -k 5 60 "$PY" -m hpsearch check --task digits --device "$DEVICE"
     step "check mnist1d" timeout -k 5 90 "$PY" -m hpsearch check --task mnist1d --device "$DEVICE"
