@@ -1,6 +1,6 @@
 """`make bench`, general models: hpsearch against plain Optuna on models beyond the digits MLP.
 
-    python bench/general.py [--repeats N] [--models mnist1d,digits-cnn,spirals] [--before DIR]
+    python bench/general.py [--repeats N] [--models mnist1d,digits-cnn,spirals] [--before DIR] [--device cpu|cuda]
 
 Each model's grid is 6 learning rates x 2 weight decays x batch sizes 32 and 64 (24 points), SGD
 with momentum 0.9, as whole processes interleaved reference, hpsearch, reference, hpsearch, ...:
@@ -16,6 +16,8 @@ reference's optimize call; hpsearch's earliest trial start to latest trial end i
 Then each model's trainer alone, in-process (a population of 12 at batch size 32, best of 3), and
 its arithmetic rate (torch.utils.flop_counter on one member's forward; backward taken as twice the
 forward) against a measured float32 matmul peak. Writes out/bench_general.json.
+--device cuda: both arms, the trainer alone and the matmul peak on CUDA (clocks read after
+torch.cuda.synchronize); writes out/bench_general_cuda.json. The default is the CPU on every machine.
 """
 from __future__ import annotations
 
@@ -29,12 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine_info  # bench/ is on sys.path when a script here runs
-from run import hpsearch_command, json_line, run_process
+from _common import machine_info, synchronize  # bench/ is on sys.path when a script here runs
+from run import device_name, hpsearch_command, json_line, matmul_peak, out_path, run_process
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "bench" / "reference_general.py"
-OUT = ROOT / "out" / "bench_general.json"
 
 GRID = {"lr": "1e-1,5e-2,2e-2,1e-2,5e-3,1e-3", "weight_decay": "1e-4,0", "batch_size": "32,64", "momentum": "0.9"}
 MODELS = {  # name: (task reference, epochs)
@@ -52,13 +53,13 @@ def flags(epochs: int) -> list[str]:
     return out + ["--epochs", str(epochs)]
 
 
-def reference_arm(task: str, epochs: int) -> dict:
-    whole, stdout = run_process([sys.executable, str(REFERENCE), "--task", task] + flags(epochs), ROOT)
+def reference_arm(task: str, epochs: int, device: str = "cpu") -> dict:
+    whole, stdout = run_process([sys.executable, str(REFERENCE), "--task", task, "--device", device] + flags(epochs), ROOT)
     out = json_line(stdout)
     return {"whole_seconds": whole, "search_seconds": out["seconds"], "best": out["best"], "completed": out["trials"]}
 
 
-def hpsearch_arm(task: str, epochs: int, before: Path | None = None) -> dict:
+def hpsearch_arm(task: str, epochs: int, before: Path | None = None, device: str = "cpu") -> dict:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -66,7 +67,8 @@ def hpsearch_arm(task: str, epochs: int, before: Path | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
         journal = Path(tmp) / "bench.journal"
-        cmd = [hpsearch_command(), "grid", "--task", task, "--study", "bench", "--storage", str(journal)] + flags(epochs)
+        cmd = hpsearch_command() + ["grid", "--task", task, "--study", "bench", "--storage", str(journal),
+                                    "--device", device] + flags(epochs)
         if before is None:
             whole, _ = run_process(cmd, Path(tmp))
         else:  # the same command with the earlier checkout's hpsearch imported first
@@ -85,23 +87,8 @@ def hpsearch_arm(task: str, epochs: int, before: Path | None = None) -> dict:
             "completed": len(complete)}
 
 
-def matmul_peak() -> float:
-    """A float32 2048x2048 matmul's best of 5, in FLOP/s."""
-    import torch
-
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def trainer_rate(task_ref: str) -> dict:
-    """The trainer alone on one model: a population of 12, its FLOP/s, and the path it took."""
+def trainer_rate(task_ref: str, device: str = "cpu") -> dict:
+    """The trainer alone on one model, on ``device``: a population of 12 and its FLOP/s."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -110,7 +97,7 @@ def trainer_rate(task_ref: str) -> dict:
     from hpsearch.train import train_population
 
     task = load_task(task_ref)
-    model = task.make_model().eval()
+    model = task.make_model().eval()  # its FLOPs counted on the CPU
     with FlopCounterMode(display=False) as counter:
         model(task.train[0][:1])
     forward = counter.get_total_flops()  # per example
@@ -118,11 +105,14 @@ def trainer_rate(task_ref: str) -> dict:
     lrs = [float(v) for v in GRID["lr"].split(",")]
     configs = [make_config({"lr": lrs[i % len(lrs)], "weight_decay": (1e-4, 0.0)[i // len(lrs) % 2],
                             "batch_size": TRAINER_BATCH, "momentum": 0.9}, 0) for i in range(TRAINER_POPULATION)]
+    task = task.to(torch.device(device))
     train_population(task, configs[:2], 1)  # warm-up
     times = []
     for _ in range(3):
+        synchronize(device)
         start = time.perf_counter()
         train_population(task, configs, TRAINER_EPOCHS)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     seconds = min(times)
     achieved = per_member_epoch * TRAINER_POPULATION * TRAINER_EPOCHS / seconds
@@ -131,12 +121,14 @@ def trainer_rate(task_ref: str) -> dict:
             "achieved_gflops": achieved / 1e9, "threads": torch.get_num_threads()}
 
 
-def run_general(repeats: int = 3, names: list[str] | None = None, before: Path | None = None) -> dict:
+def run_general(repeats: int = 3, names: list[str] | None = None, before: Path | None = None,
+                device: str = "cpu") -> dict:
     names = names or list(MODELS)
-    arms = {"reference": reference_arm, "hpsearch": hpsearch_arm}
+    arms = {"reference": lambda task, epochs: reference_arm(task, epochs, device),
+            "hpsearch": lambda task, epochs: hpsearch_arm(task, epochs, device=device)}
     if before is not None:
-        arms["before"] = lambda task, epochs: hpsearch_arm(task, epochs, before)
-    print(f"\nGeneral models: {', '.join(names)}; 24-point grid each, arms {', '.join(arms)} interleaved, "
+        arms["before"] = lambda task, epochs: hpsearch_arm(task, epochs, before, device)
+    print(f"\nGeneral models on {device}: {', '.join(names)}; 24-point grid each, arms {', '.join(arms)} interleaved, "
           f"{repeats} repeats; load average {os.getloadavg()[0]:.2f}", flush=True)
     runs: dict[str, dict[str, list[dict]]] = {name: {arm: [] for arm in arms} for name in names}
     for repeat in range(1, repeats + 1):
@@ -147,7 +139,7 @@ def run_general(repeats: int = 3, names: list[str] | None = None, before: Path |
                 runs[name][arm].append(result)
                 print(f"  repeat {repeat} {name:<10} {arm:<9} whole {result['whole_seconds']:6.2f} s  "
                       f"search {result['search_seconds']:6.2f} s  best {result['best']:.4f}", flush=True)
-    peak = matmul_peak()
+    _, peak = matmul_peak(device)
     summary = {}
     print()
     header = (f"{'model':<10} {'ref whole':>9} {'hp whole':>9} {'x whole':>8} {'ref search':>10} {'hp search':>9} "
@@ -158,7 +150,7 @@ def run_general(repeats: int = 3, names: list[str] | None = None, before: Path |
         med = {arm: {k: statistics.median(r[k] for r in rs) for k in ("whole_seconds", "search_seconds")}
                for arm, rs in runs[name].items()}
         best = {arm: max(r["best"] for r in rs) for arm, rs in runs[name].items()}
-        rate = trainer_rate(MODELS[name][0])
+        rate = trainer_rate(MODELS[name][0], device)
         rate["fraction_of_peak"] = rate["achieved_gflops"] * 1e9 / peak
         ref, hp = med["reference"], med["hpsearch"]
         s = {"medians": med, "best": best, "completed": min(r["completed"] for r in runs[name]["hpsearch"]),
@@ -177,12 +169,13 @@ def run_general(repeats: int = 3, names: list[str] | None = None, before: Path |
                   f"{'':10} {old['search_seconds']:9.2f} {s['before_search_ratio']:7.2f}x {'':8} {best['before']:8.4f}")
     print(f"(seconds are medians of {repeats}; x = reference time / hpsearch time; trainer: a population of "
           f"{TRAINER_POPULATION} at batch size {TRAINER_BATCH}, in-process; matmul peak {peak / 1e9:.1f} GFLOP/s)")
-    result = {"grid": GRID, "models": {n: MODELS[n] for n in names}, "repeats": repeats, "runs": runs,
+    result = {"grid": GRID, "models": {n: MODELS[n] for n in names}, "repeats": repeats, "device": device, "runs": runs,
               "before": str(before) if before else None,
-              "summary": summary, "matmul_peak_gflops": peak / 1e9, "machine": machine_info()}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+              "summary": summary, "matmul_peak_gflops": peak / 1e9, "machine": machine_info(device)}
+    out = out_path("bench_general", device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
     return result
 
 
@@ -191,12 +184,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--before", type=Path, help="an earlier checkout: adds its hpsearch as the arm 'before'")
+    parser.add_argument("--device", type=device_name, default="cpu",
+                        help="cpu (default) or cuda[:INDEX]: where both the reference and hpsearch train")
     args = parser.parse_args()
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS]
     if unknown or args.repeats < 1:
         sys.exit(f"bench: unknown model(s) {', '.join(unknown)}" if unknown else "bench: --repeats must be >= 1")
-    run_general(args.repeats, names, args.before)
+    run_general(args.repeats, names, args.before, args.device)
 
 
 if __name__ == "__main__":

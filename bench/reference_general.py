@@ -4,6 +4,8 @@ Written to the specification of bench/reference.py (in-memory tensors, torch.opt
 after another, GridSampler with seed 0) but over the SAME task object hpsearch trains: its
 make_model and its train / validation tensors, loaded through hpsearch.tasks.builtin.load_task.
 Models with BatchNorm or Dropout switch between model.train() and model.eval() as usual.
+--device cuda: the task's tensors and each model on CUDA, the minibatch order drawn there, the clock
+read after torch.cuda.synchronize; the default is the CPU.
 
     python bench/reference_general.py --task mnist1d --lr 1e-1,1e-2 --weight-decay 1e-4,0 \
         --batch-size 32,64 --momentum 0.9 --epochs 3
@@ -39,10 +41,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=ints, required=True)
     parser.add_argument("--momentum", type=floats, default=[0.9])
     parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:INDEX")
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    task = load_task(args.task)
+    device = torch.device(args.device)
+    task = load_task(args.task).to(device)
     (x_train, y_train), (x_val, y_val) = task.train, task.val
     grid = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size, "momentum": args.momentum}
     n = len(x_train)
@@ -53,12 +57,12 @@ def main() -> None:
         batch_size = trial.suggest_categorical("batch_size", args.batch_size)
         momentum = trial.suggest_float("momentum", min(args.momentum), max(args.momentum))
         torch.manual_seed(trial.number)
-        model = task.make_model()
+        model = task.make_model().to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         accuracy = 0.0
         for epoch in range(args.epochs):
             model.train()
-            order = torch.randperm(n)
+            order = torch.randperm(n, device=device)
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
                 optimizer.zero_grad()
@@ -73,14 +77,19 @@ def main() -> None:
 
     n_trials = len(list(itertools.product(*grid.values())))
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.GridSampler(grid, seed=0))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     study.optimize(objective, n_trials=n_trials)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     print(json.dumps({
         "arm": "reference", "task": args.task, "trials": n_trials, "epochs": args.epochs,
         "seconds": round(seconds, 3), "trials_per_s": round(n_trials / seconds, 3),
         "best": round(study.best_value, 4), "best_params": study.best_params,
         "torch": torch.__version__, "optuna": optuna.__version__, "threads": torch.get_num_threads(),
+        "device": str(device),
     }))
 
 
