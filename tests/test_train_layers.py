@@ -94,10 +94,15 @@ def test_a_member_equals_its_solo_run(name):
     task = small(MODELS[name])
     population = [config("sgd", 0.1), config("adam"), config("sgd", 0.01, 0.0), config("rmsprop")]
     together = train_population(task, population, epochs=2)
+    # Adam and RMSprop divide by the gradient's running size: where a gradient is near 0 (a BatchNorm shift),
+    # the rounding of batched sums moves its step by up to the learning rate's order. Measured with one
+    # thread: 1.35e-5 on the BatchNorm MLP's RMSprop member (2 threads: below 1e-5). A member trained with
+    # another seed differs by > 0.5, with a learning rate 1% off by 7e-4 to 1.6e-2.
+    tolerance = 10 * TOL
     for c, member in zip(population, together):
         alone = train_population(task, [c], epochs=2)[0]
-        assert close(member.params, alone.params) < TOL
-        assert member.val_loss == pytest.approx(alone.val_loss, abs=TOL)
+        assert close(member.params, alone.params) < tolerance
+        assert member.val_loss == pytest.approx(alone.val_loss, abs=tolerance)
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [((3,), (2,), (1,)), ((5,), (1,), (0,)),
