@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # several GB of CUDA packages for an unpinned torch. On a GPU machine: make install TORCH=torch
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench bench-quick bench-models bench-own bench-search clean
+.PHONY: install demo test bench bench-quick bench-models bench-own bench-repeats bench-search clean
 
 install: $(VENV)/.installed
 
@@ -23,7 +23,7 @@ demo: install
 	rm -f out/demo.journal out/demo.journal.*
 	mkdir -p out
 	$(BIN)/hpsearch grid --task digits --study demo-coarse $(DEMO)
-	$(BIN)/hpsearch refine --from demo-coarse --study demo-fine $(DEMO)
+	$(BIN)/hpsearch refine --from demo-coarse --study demo-fine --repeats 3 $(DEMO)
 	$(BIN)/hpsearch test --study demo-fine $(DEMO)
 	$(BIN)/hpsearch report demo-coarse demo-fine --top 10 $(DEMO)
 	$(BIN)/hpsearch report demo-coarse demo-fine --format html --output out/report.html --plots out/plots $(DEMO)
@@ -35,6 +35,10 @@ test: install
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/own_code.py
+
+# what --repeats 3 costs against --repeats 1 on the default grid and the 384-point grid (interleaved, a few minutes)
+bench-repeats: install
+	$(BIN)/python bench/repeats.py --large
 
 # your own training code (examples/train_cnn.py) under hpsearch against Optuna's study.optimize and a shell loop
 bench-own: install
