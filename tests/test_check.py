@@ -115,7 +115,7 @@ def test_check_on_the_command_line(workdir):
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert [line.split(":")[0].split()[-1] for line in lines] == [
-        "parameters", "loss", "overfit", "time", "time", "time", "time", "memory"]
+        "parameters", "loss", "overfit", "probe", "time", "time", "time", "time", "memory"]
     assert "batch size 256:" in result.stdout and "for 4 members" in result.stdout
     assert not (workdir / "studies").exists()
 

@@ -2,9 +2,10 @@
 
 Before spending hours on a search, check the setup: the parameter count; the initial loss of a
 C-class classifier (about ln C; a softmax before the cross-entropy loss gives about ln C too, but
-tiny gradients, so its outputs are inspected); whether the model can overfit one batch; the step
-time per batch size (an iteration over ~500 ms makes a search hard to afford); and on CUDA the
-largest batch size that fits. Each finding is one line for a person; the CLI prints them.
+tiny gradients, so its outputs are inspected); whether the model can overfit one batch; the range of
+learning rates that make the loss drop within 100 steps (recipe/probe.py); the step time per batch
+size (an iteration over ~500 ms makes a search hard to afford); and on CUDA the largest batch size
+that fits. Each finding is one line for a person; the CLI prints them.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from hpsearch.recipe.estimate import SLOW_STEP_MS, measure, step_ms
+from hpsearch.recipe.probe import lr_probe
 from hpsearch.errors import BadInput
 from hpsearch.space import ADAPTIVE, OPTIMIZERS
 from hpsearch.spec import check_int, make_config, task_reference
@@ -36,7 +38,7 @@ INITIAL_EXAMPLES = 512  # examples the initial loss is measured on
 class Finding:
     """One line for a person; ``warning`` when it looks wrong."""
 
-    check: str  # parameters | initial loss | outputs | overfit | step time | memory
+    check: str  # parameters | initial loss | outputs | overfit | lr probe | step time | memory
     text: str
     warning: bool = False
 
@@ -60,7 +62,8 @@ def run_checks(task: Task, population: int = 64, overfit_steps: int = OVERFIT_ST
         raise BadInput(f"--optimizer {optimizer}: choose one of {', '.join(OPTIMIZERS)}")
     require_trainable(_fresh_model(task), f"task '{task.name}'")
     return [parameter_count(task), *initial_loss(task), overfit_one_batch(task, overfit_steps, optimizer),
-            *step_times(task, population, optimizer), memory(task, population, optimizer)]
+            learning_rates(task, optimizer), *step_times(task, population, optimizer),
+            memory(task, population, optimizer)]
 
 
 def _fresh_model(task: Task, seed: int = 0) -> torch.nn.Module:
@@ -142,6 +145,12 @@ def overfit_one_batch(task: Task, steps: int = OVERFIT_STEPS, optimizer: str = "
     return Finding("overfit", f"could not overfit {what} in {steps} steps (best: loss {first[member]:.3g} -> "
                    f"{best[member]:.3g} at lr {configs[member].lr:g}): check that the output depends on the input, "
                    "that the parameters train, and the loss", True)
+
+
+def learning_rates(task: Task, optimizer: str = "sgd") -> Finding:
+    """The learning-rate probe's verdict: the rates that make the loss drop within 100 steps, the grid to search."""
+    probe = lr_probe(task, optimizer=optimizer)
+    return Finding("lr probe", probe.summary, probe.warning)
 
 
 def step_times(task: Task, population: int = 64, optimizer: str = "sgd") -> list[Finding]:

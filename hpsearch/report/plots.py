@@ -1,8 +1,10 @@
 """Plots of a report as PNG files: loss curves, the validation metric against the learning rate, and
-the parameter importances. Matplotlib (Agg backend) is imported when a plot is drawn, never by ``--help``."""
+the parameter importances; and the learning-rate probe's loss against the rate (``hpsearch check``).
+Matplotlib (Agg backend) is imported when a plot is drawn, never by ``--help``."""
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +18,12 @@ from hpsearch.space import params as space_params
 if TYPE_CHECKING:
     import optuna
 
+    from hpsearch.recipe.probe import Probe
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LOSS_CURVES, METRIC_VS_LR, IMPORTANCE = "loss_curves.png", "metric_vs_lr.png", "importance.png"  # the files written
+REPORT_PLOTS = (LOSS_CURVES, METRIC_VS_LR, IMPORTANCE)
+LR_PROBE = "lr_probe.png"  # hpsearch check --lr-probe --plots DIR
 TOP_CURVES = 5  # loss curves of the best configurations: more lines than this are unreadable
 
 
@@ -195,3 +201,39 @@ def write_plots(results: Results, importances: list[Importance], folder: Path) -
         path.write_bytes(png(figure))
         paths.append(path)
     return paths
+
+
+def probe_figure(probe: Probe) -> Any:
+    """The probe's loss after its steps against the learning rate: the range that dropped the loss shaded,
+    the initial loss and the drop's threshold as lines, the rates that diverged as crosses along the top."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    finite = [(rate, loss) for rate, loss in zip(probe.rates, probe.losses) if math.isfinite(loss)]
+    axes.plot([r for r, _ in finite], [loss for _, loss in finite], marker="o", color="C0",
+              label=f"loss after {probe.steps} steps")
+    top = max([probe.initial, *(loss for _, loss in finite)]) * 1.5
+    diverged = [rate for rate, loss in zip(probe.rates, probe.losses) if not math.isfinite(loss)]
+    if diverged:
+        axes.scatter(diverged, [top] * len(diverged), marker="x", color="C3", label="diverged")
+    axes.axhline(probe.initial, color="grey", linestyle="--", label=f"initial loss {probe.initial:.3g}")
+    axes.axhline(probe.drop_share * probe.initial, color="grey", linestyle=":",
+                 label=f"{probe.drop_share:g}x the initial loss: dropped below")
+    if probe.good is not None:
+        axes.axvspan(*probe.good, color="C2", alpha=0.15,
+                     label=f"dropped: {probe.good[0]:g} to {probe.good[1]:g} (grid --lr {probe.grid})")
+    axes.set_xscale("log")
+    axes.set_yscale("log")  # the good rates' losses, far below the initial one, stay readable
+    axes.set(title=f"Learning-rate probe of {probe.task}: {probe.optimizer}, batch size {probe.batch_size}, "
+                   f"{probe.steps} steps per rate", xlabel="Learning rate (log scale)",
+             ylabel=f"Loss on {probe.examples:,} training examples (log scale)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize="small")
+    return figure
+
+
+def write_probe_plot(probe: Probe, folder: Path) -> Path:
+    """Write the probe's plot into ``folder`` (created) as LR_PROBE; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LR_PROBE
+    path.write_bytes(png(probe_figure(probe)))
+    return path

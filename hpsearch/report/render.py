@@ -531,13 +531,14 @@ def check_report_output(path: Path, fmt: str, storage: str | None) -> None:
     check_output(path, storage, "--output", f"a {fmt} report", STARTS[fmt].match)
 
 
-def check_plot_folder(folder: Path, storage: str | None) -> None:
-    """Refuse (BadInput) a --plots folder where writing the plots would overwrite the storage or a file that is not a PNG."""
-    from hpsearch.report.plots import IMPORTANCE, LOSS_CURVES, METRIC_VS_LR, PNG_MAGIC
+def check_plot_folder(folder: Path, storage: str | None, names: Sequence[str] | None = None) -> None:
+    """Refuse (BadInput) a --plots folder where writing the plots ``names`` (the report's by default) would
+    overwrite the storage or a file that is not a PNG."""
+    from hpsearch.report.plots import PNG_MAGIC, REPORT_PLOTS
 
     if folder.exists() and not folder.is_dir():
         raise BadInput(f"--plots {folder} is not a folder; give the path of a folder for the PNG files")
-    for name in (LOSS_CURVES, METRIC_VS_LR, IMPORTANCE):
+    for name in REPORT_PLOTS if names is None else names:
         check_output(folder / name, storage, "--plots", "a PNG plot", lambda head: head.startswith(PNG_MAGIC))
 
 
