@@ -85,7 +85,8 @@ def train(args, report=None):
             total, count = total + loss.item() * len(x), count + len(x)
         scheduler.step()
         val_loss, val_accuracy = evaluate(model, x_eval.to(args.device), y_eval.to(args.device))
-        metrics = {"train_loss": total / count, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        metrics = {"train_loss": total / count, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                   "val_examples": len(y_eval)}  # optional: the report's ± for the accuracy
         if report is not None:
             report(epoch, **metrics)
         else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import math
 import os
 import re
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 import pandas as pd
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.table import Table
@@ -91,31 +93,46 @@ def _outcome(record: dict) -> str:
 
 
 _TEXT = ("outcome", "study", "phase", "diagnosis")  # left-aligned columns
-# Columns a narrow terminal drops first (the CSV always has every column).
-_OPTIONAL = [("seconds", 116), ("epochs", 110), ("train_loss", 102), ("delta", 98), ("momentum", 90)]
+# Columns a narrow terminal drops, first to last, until the table fits (the CSV always has every column).
+_OPTIONAL = ["seconds", "epochs", "optimizer", "train_loss", "momentum", "delta", "val_loss", "diagnosis", "phase"]
 
 
 def table(frame: pd.DataFrame, top: int | None = None, title: str | None = None, width: int = 200) -> Table:
-    """The ranked rows as a rich Table for a terminal ``width`` wide; rows without a result dimmed, last."""
+    """The ranked rows as a rich Table for a terminal ``width`` wide; rows without a result dimmed, last.
+
+    Optional columns are left out, in _OPTIONAL's order, until the table fits: a cell is never cut short.
+    """
     several = frame["study"].nunique() > 1
     extras = _shown_extras(frame)
     columns = ["rank"] + (["study", "phase"] if several else []) + ["trial"] + list(_headers())[1:]
-    columns = [c for c in columns if not any(c == name and width < needed for name, needed in _OPTIONAL)
-               and (c not in _EXTRAS or c in extras)]
+    columns = [c for c in columns if c not in _EXTRAS or c in extras]
+    shown = frame if top is None else frame.head(top)
+    records = shown.to_dict("records")
+    console = Console(width=width, file=io.StringIO())
+    unbounded = console.options.update_width(10**6)  # measured as wide as it wants: a fit is then a real one
+    for drop in [None, *_OPTIONAL]:
+        if drop in columns:
+            columns.remove(drop)
+        out = _table(columns, records, title)
+        if Measurement.get(console, unbounded, out).maximum <= width:
+            break
+    if top is not None and len(frame) > top:
+        out.caption = f"top {top} of {len(frame)} trials"
+    return out
+
+
+def _table(columns: list[str], records: list[dict], title: str | None) -> Table:
     out = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD,
                 collapse_padding=True, pad_edge=False)
     for c in columns:
         out.add_column(_headers().get(c, "\n" + c), justify="left" if c in _TEXT else "right",
                        no_wrap=True)
-    shown = frame if top is None else frame.head(top)
-    for record in shown.to_dict("records"):
+    for record in records:
         cells = [_outcome(record) if c == "outcome" else _delta_cell(record) if c == "delta" else _cell(c, record[c])
                  for c in columns]
         if record["outcome"] != "completed" and "diagnosis" in columns:  # the outcome cell says it already
             cells[columns.index("diagnosis")] = ""
         out.add_row(*cells, style=None if record["outcome"] == "completed" else "dim")
-    if top is not None and len(frame) > top:
-        out.caption = f"top {top} of {len(frame)} trials"
     return out
 
 
