@@ -674,14 +674,17 @@ def train_population(
     return results
 
 
-def train_and_test(task: Task, config: Config, epochs: int, schedule: Schedule | None = None) -> MemberResult:
-    """Train one configuration as the search did and evaluate it on the test split (``hpsearch test``).
+def train_and_test(task: Task, configs: Sequence[Config], epochs: int, schedule: Schedule | None = None,
+                   ) -> list[MemberResult]:
+    """Train configurations as the search did and evaluate them on the test split (``hpsearch test``): one, or
+    the seeds of one (--repeats).
 
-    The search's own code path, a population of one, with the test split in the validation slot:
-    the model trains exactly as in its trial (evaluation changes nothing it learns). The trainer
-    evaluates that slot after every epoch; only the figures after the last epoch are kept, so no
-    earlier test figure can be read, let alone steer anything.
+    The search's own code path, one population, with the test split in the validation slot: each model
+    trains exactly as in its trial (evaluation changes nothing it learns). The trainer evaluates that slot
+    after every epoch; only the figures after the last epoch are kept, so no earlier test figure can be
+    read, let alone steer anything.
     """
-    result = train_population(replace(task, val=task.test), [config], epochs, schedule=schedule)[0]
-    del result.val_loss[:-1], result.val_accuracy[:-1]
-    return result
+    results = train_population(replace(task, val=task.test), configs, epochs, schedule=schedule)
+    for result in results:
+        del result.val_loss[:-1], result.val_accuracy[:-1]
+    return results

@@ -20,7 +20,7 @@ def searched(workdir):
 
 def test_the_retrained_member_is_the_trial_and_is_scored_on_the_test_split(searched, digits):
     trial = searched.best_trial
-    result = train_and_test(digits, param_config(trial.params, 0), 2)
+    [result] = train_and_test(digits, [param_config(trial.params, 0)], 2)
     assert result.train_loss == pytest.approx(trial.user_attrs["train_loss"], abs=TOL)  # the same training
     assert len(result.val_loss) == len(result.val_accuracy) == 1  # only the final evaluation is kept
     model = digits.make_model()
@@ -80,7 +80,7 @@ def test_test_trains_longer_with_a_schedule_and_records_both_trainings(searched,
     from hpsearch.optimizers import Schedule
 
     config = param_config(searched.best_trial.params, 0)
-    again = train_and_test(digits, config, 3, schedule=Schedule("cosine", 1))
+    [again] = train_and_test(digits, [config], 3, schedule=Schedule("cosine", 1))
     assert record["test_loss"] == pytest.approx(again.val_loss[-1], abs=TOL)  # the very training recorded
 
 

@@ -176,6 +176,11 @@ def test_your_own_function_runs_once_per_seed_with_each_seed_and_a_log_each(work
     row = json.loads(run("report", "own", "--format", "json").stdout)["trials"][0]
     sd = statistics.stdev(trial.user_attrs["per_seed"]["val_accuracy"])
     assert row["val_accuracy_se"] == pytest.approx(math.sqrt(sd**2 / 3 + binomial_se(expected, 200) ** 2))
+    tested = run("test", "--study", "own")  # the test runs your code once per seed too
+    assert tested.exit_code == 0, tested.output
+    assert "mean of 3 seeds" in tested.output
+    calls = [json.loads(line) for line in (workdir / "calls.jsonl").read_text().splitlines()]
+    assert [c["seed"] for c in calls[3:]] == trial.user_attrs["seeds"]
 
 
 def test_a_seed_that_diverges_ends_its_configuration_and_its_other_seeds_are_not_run(workdir):
@@ -195,7 +200,7 @@ def test_a_reported_example_count_is_a_whole_number():
             check_metrics(1, {"val_accuracy": 0.5, "val_examples": bad})
 
 
-def test_refine_carries_the_sources_repeats_names_the_ties_and_test_says_so():
+def test_refine_carries_the_sources_repeats_names_the_ties_and_test_evaluates_every_seed():
     assert run("grid", *tiny(lr="0.1,0.05", weight_decay="0", batch_size="64", epochs=1), "--repeats", "2",
                "--study", "c").exit_code == 0
     ranked = json.loads(run("report", "c", "--format", "json").stdout)["trials"]
@@ -210,6 +215,11 @@ def test_refine_carries_the_sources_repeats_names_the_ties_and_test_says_so():
     assert tested.exit_code == 0, tested.output
     assert f"trial {ranked[0]['trial']} " in tested.output and " ± " in tested.output
     assert ("tie within noise" in tested.output) == bool(ties)
+    record = plain_study("c").user_attrs["test_result"]  # the K models the mean chose, each on the test split
+    chosen = next(t for t in plain_study("c").trials if t.number == ranked[0]["trial"])
+    assert record["seeds"] == chosen.user_attrs["seeds"] and len(record["per_seed"]["test_accuracy"]) == 2
+    assert record["test_accuracy"] == pytest.approx(statistics.fmean(record["per_seed"]["test_accuracy"]))
+    assert "mean of 2 seeds" in tested.output
 
 
 def test_the_noise_note_appears_exactly_when_the_best_seeds_spread_more_than_its_lead(workdir):
@@ -222,3 +232,17 @@ def test_the_noise_note_appears_exactly_when_the_best_seeds_spread_more_than_its
     plotted = run("report", "g", "--plots", "plots")  # with error bars
     assert plotted.exit_code == 0, plotted.output
     assert (workdir / "plots" / "metric_vs_lr.png").stat().st_size > 0
+
+
+def test_a_pruned_configuration_stops_all_its_seeds_at_once_in_a_sampled_search():
+    result = run("random", "--trials", "16", "--prune", "asha", "--repeats", "2", "--epochs", "3", "--lr", "1e-5:1",
+                 "--batch-size", "64", "--study", "p")
+    assert result.exit_code == 0, result.output
+    trials = plain_study("p").trials
+    assert {t.user_attrs["repeats"] for t in trials} == {2}
+    pruned = [t for t in trials if t.user_attrs["outcome"] == "pruned"]
+    assert pruned and len(pruned) < len(trials)  # learning rates over five decades: ASHA stops the slowest
+    for t in pruned:  # both seeds stopped in the epoch the mean was pruned at, and never reported beyond it
+        assert t.user_attrs["per_seed"]["outcome"] == ["stopped", "stopped"]
+        assert max(t.intermediate_values) == t.user_attrs["stopped_epoch"]
+        assert all(len(c) == t.user_attrs["stopped_epoch"] for c in t.user_attrs["seed_curves"]["val_accuracy"])

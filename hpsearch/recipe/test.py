@@ -14,6 +14,7 @@ beside the trial's own.
 from __future__ import annotations
 
 import datetime
+import statistics
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -22,9 +23,10 @@ from optuna.trial import TrialState
 from hpsearch.errors import BadInput, RuntimeFailure
 from hpsearch.objective import Failure, objective_for
 from hpsearch.report.render import training_text
-from hpsearch.report.results import binomial_se, rank, ties_with_best, trials_frame
+from hpsearch.report.results import binomial_se, combined_se, rank, ties_with_best, trials_frame
 from hpsearch.search.records import (OUTCOME, SETTINGS_ATTR, TEST_ATTR, VAL_ACCURACY, VAL_LOSS, decode_params,
                                      made_by_hpsearch, not_hpsearch, param_config, write_test_result)
+from hpsearch.space import repeat_seeds
 from hpsearch.spec import Config, bounds_text, build_spec, check_int, check_schedule, in_bounds, point_problem
 from hpsearch.storage.store import Store, load_study, logs_folder, open_storage
 
@@ -95,8 +97,10 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
     given = (epochs, schedule, warmup)
     epochs, schedule, warmup = (searched[k] if given[k] is None else given[k] for k in range(3))  # type: ignore[assignment]
     assert epochs is not None and schedule is not None and warmup is not None
+    # A study of K seeds (--repeats) chose by the mean of K models: the test evaluates those K models too.
+    seeds = repeat_seeds(config, int(settings.get("repeats", 1)))
     if settings.get("objective") or settings.get("run"):
-        result = _own_code_test(name, settings, store, chosen.number, config, epochs, device, schedule, warmup)
+        results = _own_code_test(name, settings, store, chosen.number, seeds, epochs, device, schedule, warmup)
     else:
         check_schedule(schedule, warmup, epochs)
 
@@ -105,11 +109,13 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
         from hpsearch.train import resolve_device, train_and_test
 
         task = load_task(str(settings["task"]), settings.get("target"), settings.get("kind")).to(resolve_device(device))
-        result = train_and_test(task, config, epochs, schedule=Schedule(schedule, warmup))
-    if isinstance(result, Failure):
-        raise RuntimeFailure(f"trial {chosen.number}'s configuration failed on the test split: {result.reason}")
-    if result.outcome != "completed":
-        raise RuntimeFailure(f"trial {chosen.number}'s configuration did not train to the end this time: {result.reason}")
+        results = train_and_test(task, seeds, epochs, schedule=Schedule(schedule, warmup))
+    if isinstance(results, Failure):
+        raise RuntimeFailure(f"trial {chosen.number}'s configuration failed on the test split: {results.reason}")
+    for result in results:
+        if result.outcome != "completed":
+            raise RuntimeFailure(f"trial {chosen.number}'s configuration did not train to the end this time: "
+                                 f"{result.reason}")
     record = {
         "study": name,
         "trial": chosen.number,
@@ -123,9 +129,7 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
         {"epochs": searched[0], "schedule": searched[1], "warmup": searched[2]},
         "val_accuracy": _last(chosen.user_attrs.get(VAL_ACCURACY)),
         "val_loss": _last(chosen.user_attrs.get(VAL_LOSS)),
-        "test_loss": result.val_loss[-1],
-        "test_accuracy": result.val_accuracy[-1] if result.val_accuracy else None,
-        "test_examples": result.val_examples,  # the test accuracy's binomial standard error
+        **test_figures(results),
         "ties": ties,  # the trials that tied with the chosen one on validation, within noise
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -136,16 +140,42 @@ def final_test(name: str, trial: int | None = None, force: bool = False, storage
     return record
 
 
-def _own_code_test(name: str, settings: dict[str, Any], store: Store, trial: int, config: Config, epochs: int,
-                   device: str, schedule: str, warmup: int) -> MemberResult | Failure:
-    """The user's function or command run once for ``config`` with split "test" (its log in logs/STUDY/test/)."""
+def test_figures(results: list[MemberResult]) -> dict[str, Any]:
+    """The test split's figures of the K models of a configuration (K = 1 without --repeats): the means, the
+    accuracy's standard error (its seeds' combined with the test split's binomial one, as on validation), and
+    each seed's figures when K > 1."""
+    losses = [r.val_loss[-1] for r in results]
+    accuracies = [r.val_accuracy[-1] for r in results if r.val_accuracy]
+    n = results[0].val_examples
+    figures: dict[str, Any] = {
+        "test_loss": statistics.fmean(losses),
+        "test_accuracy": statistics.fmean(accuracies) if len(accuracies) == len(results) else None,
+        "test_examples": n,
+    }
+    if figures["test_accuracy"] is not None and n:
+        sd = statistics.stdev(accuracies) if len(accuracies) > 1 else None
+        figures["test_accuracy_se"] = combined_se(sd, len(accuracies), binomial_se(figures["test_accuracy"], n))
+    if len(results) > 1:
+        figures.update(seeds=[r.config.seed for r in results],
+                       per_seed={"test_loss": losses, "test_accuracy": accuracies or None})
+    return figures
+
+
+def _own_code_test(name: str, settings: dict[str, Any], store: Store, trial: int, configs: list[Config], epochs: int,
+                   device: str, schedule: str, warmup: int) -> list[MemberResult] | Failure:
+    """The user's function or command run once per seed of the configuration (``configs``) with split "test"
+    (its logs in logs/STUDY/test/)."""
     spec = build_spec("grid", objective=settings.get("objective"), run=settings.get("run") or (),
                       metric=settings.get("metric"), timeout=settings.get("timeout"), epochs=epochs, device=device,
                       schedule=schedule, warmup=warmup, study=name)
     objective = objective_for(spec, logs_folder(store, name) / "test", split="test")
     objective.prepare()
-    ((_, results),) = list(objective.train([config], epochs, lambda members, report: [], [trial]))
-    return results if isinstance(results, Failure) else results[0]
+    out: list[MemberResult] = []
+    for _, results in objective.train(configs, epochs, lambda members, report: [], [trial] * len(configs)):
+        if isinstance(results, Failure):
+            return results
+        out += results
+    return out
 
 
 def _last(curve: list[float] | None) -> float | None:
@@ -157,9 +187,9 @@ def describe(record: dict[str, Any]) -> str:
     config = ", ".join(f"{key}={value if isinstance(value, str) else format(value, 'g')}"
                        for key, value in record["config"].items())
     metrics = [f"test {key} {record[f'test_{key}']:.4f}" for key in ("accuracy", "loss") if record.get(f"test_{key}") is not None]
-    n = record.get("test_examples")
-    if record.get("test_accuracy") is not None and isinstance(n, int) and n > 0:
-        metrics[0] += f" ± {binomial_se(record['test_accuracy'], n):.4f} ({n} examples)"
+    if isinstance(record.get("test_accuracy_se"), float):
+        seeds = f"mean of {len(record['seeds'])} seeds, " if record.get("seeds") else ""
+        metrics[0] += f" ± {record['test_accuracy_se']:.4f} ({seeds}{record.get('test_examples')} examples)"
     if record.get("val_accuracy") is not None:
         metrics.append(f"validation accuracy {record['val_accuracy']:.4f}")
     times = record.get("evaluations", 1)

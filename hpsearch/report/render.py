@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.errors import BadInput
-from hpsearch.report.results import DIAGNOSIS_RULES, Results, binomial_se, phase
+from hpsearch.report.results import DIAGNOSIS_RULES, Results, phase
 from hpsearch.space import names as param_names, param
 from hpsearch.space import params as space_params
 from hpsearch.studyfile import study_file_text
@@ -326,10 +326,10 @@ def test_lines(results: Results) -> list[str]:
             continue
         metrics = ", ".join(f"{key.replace('_', ' ')} {test[key]:.4f}" for key in ("test_accuracy", "test_loss")
                             if isinstance(test.get(key), (int, float)))
-        n = test.get("test_examples")
-        if isinstance(test.get("test_accuracy"), (int, float)) and isinstance(n, int) and n > 0:
+        if isinstance(test.get("test_accuracy"), (int, float)) and isinstance(test.get("test_accuracy_se"), float):
+            seeds = f" (mean of {len(test['seeds'])} seeds)" if test.get("seeds") else ""
             metrics = metrics.replace(f"{test['test_accuracy']:.4f}", f"{test['test_accuracy']:.4f} ± "
-                                      f"{binomial_se(test['test_accuracy'], n):.4f}", 1)
+                                      f"{test['test_accuracy_se']:.4f}{seeds}", 1)
         if isinstance(test.get("val_accuracy"), (int, float)):
             metrics += f" (the trial's validation accuracy {test['val_accuracy']:.4f})"
         config = ", ".join(f"{k}={_cell(k, v)}" for k, v in (test.get("config") or {}).items() if k in param_names())

@@ -88,11 +88,16 @@ def standard_errors(curves: Mapping[str, Sequence[float]], attrs: Mapping[str, A
         final = _number(curves[name][-1]) if curves[name] else None
         if final is not None and name == "val_accuracy" and n is not None:
             of_examples = binomial_se(final, n)
-        sd = _number(std.get(name))
-        parts = [x for x in ((sd**2 / k) if sd is not None and k > 1 else None,
-                             of_examples**2 if of_examples is not None else None) if x is not None]
-        out[f"{name}_se"] = math.sqrt(sum(parts)) if parts and final is not None else None
+        out[f"{name}_se"] = combined_se(_number(std.get(name)), k, of_examples) if final is not None else None
     return out
+
+
+def combined_se(sd: float | None, k: int, of_examples: float | None) -> float | None:
+    """The standard error of a mean over ``k`` seeds whose standard deviation is ``sd``, combined with the
+    evaluation split's own (``of_examples``), which more seeds do not shrink: sqrt(sd**2 / k + se**2)."""
+    parts = [x for x in ((sd**2 / k) if sd is not None and k > 1 else None,
+                         of_examples**2 if of_examples is not None else None) if x is not None]
+    return math.sqrt(sum(parts)) if parts else None
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
