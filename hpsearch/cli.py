@@ -265,7 +265,8 @@ def _dry_run(spec: Any, listed: bool = False) -> None:  # noqa: ANN401 - a spec.
     plan, estimate = estimate_search(spec)
     console = _console()
     console.print(f"Dry run of hpsearch {'refine' if spec.source else spec.command}: study {spec.study}, task {spec.task}, "
-                  f"{spec.epochs} epochs, seed {spec.seed}" + (f", for one of {spec.jobs} workers" if spec.jobs > 1 else ""))
+                  f"{spec.epochs} epochs, seed {spec.seed}" + (f", {spec.repeats} seeds a configuration" if spec.repeats > 1 else "")
+                  + (f", for one of {spec.jobs} workers" if spec.jobs > 1 else ""))
     if plan.points and not listed:
         console.print(plan_table(plan.points))
     for line in plan_lines(plan, estimate):

@@ -57,6 +57,11 @@ def test_the_plan_splits_populations_as_the_search_does(digits):
     assert plan.to_train == 96 and sum(p.members for p in plan.populations) == 96
     assert plan.populations == [Population(16, 24), Population(32, 24), Population(64, 16), Population(64, 8),
                                 Population(128, 24)]
+    repeated = plan_search(build_spec("grid", lr="1e-1,1e-2,1e-3,1e-4", weight_decay="1e-7:1e-3:5,0",
+                                      batch_size="16:128", study="p", storage="unused.journal", repeats=3))
+    # 3 seeds a configuration: 21 configurations (63 members) asked at a time, so populations stay <= 64
+    assert repeated.to_train == 96 and sum(p.members for p in repeated.populations) == 3 * 96
+    assert max(p.members for p in repeated.populations) <= 64 and all(p.members % 3 == 0 for p in repeated.populations)
     estimate = estimate_plan(plan_search(build_spec("grid", batch_size="128", epochs=2, storage="unused.journal")),
                              digits)
     assert set(estimate.step_ms) == {(128, 12)} and estimate.seconds > 0

@@ -246,3 +246,13 @@ def test_a_pruned_configuration_stops_all_its_seeds_at_once_in_a_sampled_search(
         assert t.user_attrs["per_seed"]["outcome"] == ["stopped", "stopped"]
         assert max(t.intermediate_values) == t.user_attrs["stopped_epoch"]
         assert all(len(c) == t.user_attrs["stopped_epoch"] for c in t.user_attrs["seed_curves"]["val_accuracy"])
+
+
+def test_a_study_file_keeps_the_repeats_and_re_runs_the_same_study(workdir):
+    assert run("grid", *tiny(lr="0.1"), "--repeats", "2", "--study", "g").exit_code == 0
+    written = run("report", "g", "--format", "toml", "--output", "g.toml")
+    assert written.exit_code == 0, written.output
+    assert "repeats = 2" in (workdir / "g.toml").read_text()
+    again = run("grid", "--config", "g.toml")
+    assert again.exit_code == 0, again.output
+    assert "Nothing to train" in again.output

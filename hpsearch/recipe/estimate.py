@@ -67,24 +67,26 @@ def plan_search(spec: StudySpec) -> Plan:
     Reads the study when it exists (a resumed search trains only what is missing) and writes nothing.
     """
     finished = _finished_points(spec)
+    k = spec.repeats  # each configuration trains as K members (--repeats): a search asks max_population // K at once
+    per_ask = max(1, spec.max_population // k)
     if spec.command == "grid":
         done = set(finished)
         points = [p for p in spec.iter_grid_points() if make_config(p, 0).key() not in done]
         populations = []
-        for start in range(0, len(points), spec.max_population):  # as search._Runner.grid splits them
-            sizes = Counter(int(p["batch_size"]) for p in points[start:start + spec.max_population])
-            populations += [Population(size, count) for size, count in sizes.items()]
+        for start in range(0, len(points), per_ask):  # as search._Runner.grid splits them
+            sizes = Counter(int(p["batch_size"]) for p in points[start:start + per_ask])
+            populations += [Population(size, count * k) for size, count in sizes.items()]
         return Plan(spec, points, len(points), len(finished), populations)
     from hpsearch.search.run import Strategy
 
-    ask_batch = Strategy().batch(spec)
+    ask_batch = min(Strategy().batch(spec), per_ask)
     remaining = max(0, (spec.trials or 0) - len(finished))
     sizes = [int(v) for v in spec.space.batch_size.grid()]
     populations = []
     for start in range(0, remaining, ask_batch):  # each asked batch splits by batch size; assume an even spread
         asked = min(ask_batch, remaining - start)
         share = asked / len(sizes)
-        populations += [Population(size, max(1, round(share))) for size in sizes[:asked]]
+        populations += [Population(size, max(1, round(share)) * k) for size in sizes[:asked]]
     return Plan(spec, [], remaining, len(finished), populations)
 
 
