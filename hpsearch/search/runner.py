@@ -224,9 +224,10 @@ class _Runner:
                 last = report.epoch == self.spec.epochs
                 for j, value in zip(report.members, values):
                     i = j // k
-                    beat(trials[i])
                     seen = reached.setdefault((i, report.epoch), [])
                     seen.append(value)
+                    if len(seen) == 1:  # once a trial an epoch: each beat is a write to the storage
+                        beat(trials[i])
                     if len(seen) < k:
                         continue
                     trials[i].report(statistics.fmean(seen), report.epoch)
