@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.errors import BadInput
-from hpsearch.report.results import DIAGNOSIS_RULES, Results, phase
+from hpsearch.report.results import DIAGNOSIS_RULES, NOISE_RULES, Results, phase
 from hpsearch.space import names as param_names, param
 from hpsearch.space import params as space_params
 from hpsearch.studyfile import study_file_text
@@ -456,7 +456,7 @@ def to_html(results: Results, frame: pd.DataFrame) -> str:
     settings = "".join(f"<li><b>{esc(name)}</b> ({esc(phase(results.settings(name)))}): "
                        f"{esc(', '.join(f'{k}={v}' for k, v in results.settings(name).items()))}</li>"
                        for name in results.studies)
-    rules = "".join(f"<dt>{esc(term)}</dt><dd>{esc(text)}</dd>" for term, text in DIAGNOSIS_RULES)
+    rules = "".join(f"<dt>{esc(term)}</dt><dd>{esc(text)}</dd>" for term, text in (*NOISE_RULES, *DIAGNOSIS_RULES))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>hpsearch report: {esc(names)}</title>
 <style>{_STYLE}</style></head><body>
@@ -472,7 +472,7 @@ def to_html(results: Results, frame: pd.DataFrame) -> str:
 </tbody></table></div>
 {failures}
 <h2>Studies</h2><ul>{settings}</ul>
-<h2>How to read the diagnosis</h2><dl>{rules}</dl>
+<h2>How to read ±, ties and the diagnosis</h2><dl>{rules}</dl>
 </body></html>
 """
 

@@ -147,6 +147,14 @@ def rank(frame: pd.DataFrame, by: str = "mean") -> pd.DataFrame:
     return out[columns()]
 
 
+NOISE_RULES = (  # shown in the HTML report; the README's "How sure is the ranking" says the same
+    ("±", "the standard error: for an accuracy p on n validation examples sqrt(p (1 - p) / n), for a loss that of "
+          "the mean over the examples; with K seeds, sqrt(sd² / K + that²)."),
+    ("tie", f"the row's difference from the best is within {TIE_Z:g} standard errors of the difference, "
+            f"|best - row| <= {TIE_Z:g} sqrt(se_best² + se_row²): the data cannot tell them apart."),
+)
+
+
 def _ranked_metric(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Per row, the metric it is ranked by and that metric's standard error: accuracy, or a regression's loss."""
     accuracy = pd.to_numeric(frame["val_accuracy"], errors="coerce")
