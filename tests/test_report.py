@@ -108,7 +108,7 @@ def test_html_is_one_self_contained_file_with_the_plots(journal, tmp_path, monke
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert all(base64.b64decode(s.split(",", 1)[1]).startswith(PNG_MAGIC) for s in sources)
     assert len(sources) == 3  # loss curves, metric against learning rate, importances
-    for text in ("Ranked trials", "diagnosis", "mattered most", "How to read the diagnosis", "refine"):
+    for text in ("Ranked trials", "diagnosis", "mattered most", "How to read ±, ties and the diagnosis", "the data cannot tell them apart", "refine"):
         assert text in page, text
 
 
