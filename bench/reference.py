@@ -21,12 +21,10 @@ import argparse
 import itertools
 import json
 import time
+from typing import Callable
 
-import numpy as np
 import optuna
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 
 def floats(text: str) -> list[float]:
@@ -39,6 +37,10 @@ def ints(text: str) -> list[int]:
 
 def digits_splits(seed: int = 0) -> list[torch.Tensor]:
     """x_train, y_train, x_val, y_val of digits: pixels / 16 as float32, labels int64."""
+    import numpy as np  # here: bench/reference_general.py imports this module without needing the digits
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=seed, stratify=y)
@@ -47,37 +49,26 @@ def digits_splits(seed: int = 0) -> list[torch.Tensor]:
             torch.tensor(x_val), torch.tensor(y_val, dtype=torch.int64)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lr", type=floats, default=[1e-1, 1e-2, 1e-3, 1e-4])
-    parser.add_argument("--weight-decay", type=floats, default=[1e-4, 1e-5, 0.0])
-    parser.add_argument("--batch-size", type=ints, default=[32, 128])
-    parser.add_argument("--momentum", type=floats, default=[0.9])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                        help="adam: torch.optim.Adam with betas (momentum, 0.999), as hpsearch's --optimizer adam")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:INDEX")
-    args = parser.parse_args()
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    device = torch.device(args.device)
-    x_train, y_train, x_val, y_val = (t.to(device) for t in digits_splits())
-    grid = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size, "momentum": args.momentum}
+def timed_grid(grid: dict[str, list], epochs: int, make_model: Callable[[], torch.nn.Module],
+               make_optimizer: Callable[[torch.nn.Module, float, float, float], torch.optim.Optimizer],
+               train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+               device: torch.device) -> tuple[optuna.Study, int, float]:
+    """The yardstick's loop over ``grid``: a GridSampler study (seed 0, in memory), one trial after another,
+    minibatches sliced from the tensors, the final validation accuracy; returns the study, its trial count
+    and the seconds of the optimize call (read after torch.cuda.synchronize on CUDA)."""
+    (x_train, y_train), (x_val, y_val) = train, val
     n = len(x_train)
 
     def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", min(args.lr), max(args.lr))
-        weight_decay = trial.suggest_float("weight_decay", min(args.weight_decay), max(args.weight_decay))
-        batch_size = trial.suggest_categorical("batch_size", args.batch_size)
-        momentum = trial.suggest_float("momentum", min(args.momentum), max(args.momentum))
+        lr = trial.suggest_float("lr", min(grid["lr"]), max(grid["lr"]))
+        weight_decay = trial.suggest_float("weight_decay", min(grid["weight_decay"]), max(grid["weight_decay"]))
+        batch_size = trial.suggest_categorical("batch_size", grid["batch_size"])
+        momentum = trial.suggest_float("momentum", min(grid["momentum"]), max(grid["momentum"]))
         torch.manual_seed(trial.number)
-        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).to(device)
-        if args.optimizer == "adam":
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
-        else:
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        model = make_model().to(device)
+        optimizer = make_optimizer(model, lr, momentum, weight_decay)
         accuracy = 0.0
-        for epoch in range(args.epochs):
+        for epoch in range(epochs):
             model.train()
             order = torch.randperm(n, device=device)
             for start in range(0, n, batch_size):
@@ -100,7 +91,36 @@ def main() -> None:
     study.optimize(objective, n_trials=n_trials)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    return study, n_trials, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lr", type=floats, default=[1e-1, 1e-2, 1e-3, 1e-4])
+    parser.add_argument("--weight-decay", type=floats, default=[1e-4, 1e-5, 0.0])
+    parser.add_argument("--batch-size", type=ints, default=[32, 128])
+    parser.add_argument("--momentum", type=floats, default=[0.9])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                        help="adam: torch.optim.Adam with betas (momentum, 0.999), as hpsearch's --optimizer adam")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:INDEX")
+    args = parser.parse_args()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = torch.device(args.device)
+    x_train, y_train, x_val, y_val = (t.to(device) for t in digits_splits())
+    grid = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size, "momentum": args.momentum}
+
+    def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+        if args.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def make_model() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+
+    study, n_trials, seconds = timed_grid(grid, args.epochs, make_model, make_optimizer, (x_train, y_train),
+                                          (x_val, y_val), device)
     print(json.dumps({
         "arm": "reference" if args.optimizer == "sgd" else f"reference-{args.optimizer}",
         "trials": n_trials,

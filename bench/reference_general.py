@@ -1,6 +1,6 @@
 """Reference arm for the general models of `make bench`: plain Optuna + PyTorch over an hpsearch task.
 
-Written to the specification of bench/reference.py (in-memory tensors, torch.optim.SGD, one trial
+The loop of bench/reference.py (its timed_grid: in-memory tensors, torch.optim.SGD, one trial
 after another, GridSampler with seed 0) but over the SAME task object hpsearch trains: its
 make_model and its train / validation tensors, loaded through hpsearch.tasks.builtin.load_task.
 Models with BatchNorm or Dropout switch between model.train() and model.eval() as usual.
@@ -15,22 +15,13 @@ Prints one JSON line: arm, task, trials, epochs, seconds (the optimize call), tr
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import time
 
 import optuna
 import torch
+from reference import floats, ints, timed_grid  # bench/ is on sys.path when a script here runs
 
 from hpsearch.tasks.builtin import load_task
-
-
-def floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
-
-
-def ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",")]
 
 
 def main() -> None:
@@ -49,41 +40,12 @@ def main() -> None:
     task = load_task(args.task).to(device)
     (x_train, y_train), (x_val, y_val) = task.train, task.val
     grid = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size, "momentum": args.momentum}
-    n = len(x_train)
 
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", min(args.lr), max(args.lr))
-        weight_decay = trial.suggest_float("weight_decay", min(args.weight_decay), max(args.weight_decay))
-        batch_size = trial.suggest_categorical("batch_size", args.batch_size)
-        momentum = trial.suggest_float("momentum", min(args.momentum), max(args.momentum))
-        torch.manual_seed(trial.number)
-        model = task.make_model().to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        accuracy = 0.0
-        for epoch in range(args.epochs):
-            model.train()
-            order = torch.randperm(n, device=device)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                optimizer.zero_grad()
-                loss = torch.nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-                loss.backward()
-                optimizer.step()
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()
-            trial.report(accuracy, epoch)
-        return accuracy
+    def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
-    n_trials = len(list(itertools.product(*grid.values())))
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.GridSampler(grid, seed=0))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    study.optimize(objective, n_trials=n_trials)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    study, n_trials, seconds = timed_grid(grid, args.epochs, task.make_model, make_optimizer, (x_train, y_train),
+                                          (x_val, y_val), device)
     print(json.dumps({
         "arm": "reference", "task": args.task, "trials": n_trials, "epochs": args.epochs,
         "seconds": round(seconds, 3), "trials_per_s": round(n_trials / seconds, 3),
