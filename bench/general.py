@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from _common import machine_info, synchronize  # bench/ is on sys.path when a script here runs
-from run import device_name, hpsearch_command, json_line, matmul_peak, out_path, run_process
+from run import device_name, hpsearch_command, json_line, matmul_peak, out_path, ratios, run_process
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "bench" / "reference_general.py"
@@ -154,8 +154,7 @@ def run_general(repeats: int = 3, names: list[str] | None = None, before: Path |
         rate["fraction_of_peak"] = rate["achieved_gflops"] * 1e9 / peak
         ref, hp = med["reference"], med["hpsearch"]
         s = {"medians": med, "best": best, "completed": min(r["completed"] for r in runs[name]["hpsearch"]),
-             "whole_ratio": ref["whole_seconds"] / hp["whole_seconds"],
-             "search_ratio": ref["search_seconds"] / hp["search_seconds"], "trainer": rate}
+             "whole_ratio": ratios(ref, hp)["whole"], "search_ratio": ratios(ref, hp)["search"], "trainer": rate}
         summary[name] = s
         print(f"{name:<10} {ref['whole_seconds']:9.2f} {hp['whole_seconds']:9.2f} {s['whole_ratio']:7.2f}x "
               f"{ref['search_seconds']:10.2f} {hp['search_seconds']:9.2f} {s['search_ratio']:7.2f}x "
@@ -163,8 +162,7 @@ def run_general(repeats: int = 3, names: list[str] | None = None, before: Path |
               f"{100 * rate['fraction_of_peak']:6.1f}%")
         if "before" in med:
             old = med["before"]
-            s["before_whole_ratio"] = ref["whole_seconds"] / old["whole_seconds"]
-            s["before_search_ratio"] = ref["search_seconds"] / old["search_seconds"]
+            s.update({f"before_{part}_ratio": value for part, value in ratios(ref, old).items()})
             print(f"{'  before':<10} {'':9} {old['whole_seconds']:9.2f} {s['before_whole_ratio']:7.2f}x "
                   f"{'':10} {old['search_seconds']:9.2f} {s['before_search_ratio']:7.2f}x {'':8} {best['before']:8.4f}")
     print(f"(seconds are medians of {repeats}; x = reference time / hpsearch time; trainer: a population of "

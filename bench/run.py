@@ -149,6 +149,11 @@ def run_hpsearch_arm(grid: dict[str, str], extra: Sequence[str] = (), name: str 
             "completed": len(complete), "best": round(best.value, 4), "best_params": best.params}
 
 
+def ratios(slow: dict, fast: dict, prefix: str = "") -> dict[str, float]:
+    """{PREFIXwhole, PREFIXsearch}: ``slow``'s seconds over ``fast``'s, whole process and search alone."""
+    return {f"{prefix}{part}": slow[f"{part}_seconds"] / fast[f"{part}_seconds"] for part in ("whole", "search")}
+
+
 def summarise(runs: list[dict]) -> dict:
     whole = statistics.median(r["whole_seconds"] for r in runs)
     search = statistics.median(r["search_seconds"] for r in runs)
@@ -285,24 +290,21 @@ def main() -> None:
             print(f"  note: {name} completed {summary[name]['completed']} of {size} trials (others diverged)")
 
     ref, hp = summary["reference"], summary["hpsearch"]
-    ratios = {"whole": ref["whole_seconds"] / hp["whole_seconds"], "search": ref["search_seconds"] / hp["search_seconds"]}
+    found = ratios(ref, hp)
     print()
-    print(f"hpsearch vs reference (reference time / hpsearch time): whole process {ratios['whole']:.2f}x, "
-          f"search alone {ratios['search']:.2f}x")
+    print(f"hpsearch vs reference (reference time / hpsearch time): whole process {found['whole']:.2f}x, "
+          f"search alone {found['search']:.2f}x")
     if "hp-adam" in summary:
-        ref_adam, hp_adam = summary["ref-adam"], summary["hp-adam"]
-        ratios["adam_whole"] = ref_adam["whole_seconds"] / hp_adam["whole_seconds"]
-        ratios["adam_search"] = ref_adam["search_seconds"] / hp_adam["search_seconds"]
-        print(f"with Adam, hpsearch vs reference: whole process {ratios['adam_whole']:.2f}x, search alone "
-              f"{ratios['adam_search']:.2f}x ({ratios['adam_whole'] / ratios['whole']:.0%} and "
-              f"{ratios['adam_search'] / ratios['search']:.0%} of SGD's ratios)")
+        found.update(ratios(summary["ref-adam"], summary["hp-adam"], "adam_"))
+        print(f"with Adam, hpsearch vs reference: whole process {found['adam_whole']:.2f}x, search alone "
+              f"{found['adam_search']:.2f}x ({found['adam_whole'] / found['whole']:.0%} and "
+              f"{found['adam_search'] / found['search']:.0%} of SGD's ratios)")
     if "yardstick" in summary:
         ys = summary["yardstick"]
-        ratios["yardstick_whole"] = ys["whole_seconds"] / ref["whole_seconds"]
-        ratios["yardstick_search"] = ys["search_seconds"] / ref["search_seconds"]
+        found.update(ratios(ys, ref, "yardstick_"))
         same = "same" if ys["best"] == ref["best"] else "DIFFERENT"
         print(f"yardstick vs in-repo reference (yardstick time / reference time): whole process "
-              f"{ratios['yardstick_whole']:.2f}x, search alone {ratios['yardstick_search']:.2f}x "
+              f"{found['yardstick_whole']:.2f}x, search alone {found['yardstick_search']:.2f}x "
               f"(1.00 = agree; best val acc {same}: {ys['best']:.4f} vs {ref['best']:.4f})")
     elif device != "cpu":
         print(f"yardstick left out on {device}: it takes no device; bench/reference.py, written to its "
@@ -338,7 +340,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "grid": grid, "grid_points": size, "epochs": EPOCHS, "quick": args.quick, "repeats": args.repeats,
         "device": device, "yardstick": str(YARDSTICK) if yardstick else None,
-        "runs": runs, "summary": summary, "ratios": ratios,
+        "runs": runs, "summary": summary, "ratios": found,
         "scaling": {"batch_size": SCALING_BATCH, "epochs": SCALING_EPOCHS, "curve": curve}, "flops": rate,
         "machine": machine_info(device),
     }, indent=2) + "\n")
