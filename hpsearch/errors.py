@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+from typing import Sequence
 
 
 class HpsearchError(Exception):
@@ -37,3 +38,9 @@ class Terminated(Interrupted):
     """The run was stopped by SIGTERM (kill, a batch scheduler); handled like Ctrl-C."""
 
     exit_code = 143
+
+
+def listed(items: Sequence[object], most: int) -> str:
+    """Items named in a one-line message: "3, 7, 9" or, beyond ``most``, "3, 7, 9 and 12 more"."""
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(map(str, items[:most])) + more

@@ -36,7 +36,7 @@ import optuna
 import pandas as pd
 
 from hpsearch.errors import BadInput
-from hpsearch.report.results import Results, edge_flags, read_results, searched_ranges, ties_with_best, what_trains
+from hpsearch.report.results import Results, edge_flags, read_results, searched_ranges, ties_with_best, trial_names, what_trains
 from hpsearch.search.records import SETTINGS_ATTR, made_by_hpsearch, not_hpsearch
 from hpsearch.space import grid_order, names as param_names, param
 from hpsearch.spec import (
@@ -361,10 +361,8 @@ def tie_lines(ranked: pd.DataFrame, top: int) -> tuple[str, ...]:
     if tied.empty:
         return ()
     best = ranked.iloc[0]
-    named = ", ".join(f"{r.study}#{r.trial}" for r in tied.head(10).itertuples())
-    more = f" and {len(tied) - 10} more" if len(tied) > 10 else ""
     return (f"note: {len(tied)} trial{'s' * (len(tied) > 1)} tie with the best ({best['study']}#{best['trial']}) within "
-            f"noise: {named}{more}; the top {top} are taken by their mean, and refining around them covers "
+            f"noise: {trial_names(tied)}; the top {top} are taken by their mean, and refining around them covers "
             "their neighbours too",)
 
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.errors import BadInput, RuntimeFailure
+from hpsearch.errors import BadInput, RuntimeFailure, listed
 from hpsearch.objective import Failure, objective_for
 from hpsearch.report.render import training_text
-from hpsearch.report.results import binomial_se, combined_se, rank, ties_with_best, trials_frame
+from hpsearch.report.results import TIES_NAMED, binomial_se, combined_se, rank, ties_with_best, trials_frame
 from hpsearch.search.records import (OUTCOME, SETTINGS_ATTR, TEST_ATTR, VAL_ACCURACY, VAL_LOSS, decode_params,
                                      made_by_hpsearch, not_hpsearch, param_config, write_test_result)
 from hpsearch.space import repeat_seeds
@@ -198,7 +198,7 @@ def describe(record: dict[str, Any]) -> str:
         trained += f"; the trial: {training_text(record['searched'])}"
     ties = record.get("ties") or []
     tied = (f"; chosen by the mean from {len(ties) + 1} configurations that tie within noise (also trials "
-            f"{', '.join(map(str, ties[:10]))}{' ...' if len(ties) > 10 else ''})") if ties else ""
+            f"{listed(ties, TIES_NAMED)})") if ties else ""
     return (f"Test of study {record['study']}, trial {record['trial']} ({config}; {trained}): "
             f"{', '.join(metrics)}; evaluated {'once' if times == 1 else f'{times} times'}, last {record['when']}{tied}")
 

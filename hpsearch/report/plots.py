@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from hpsearch.report.results import Results
+from hpsearch.report.results import Results, repeated
 from hpsearch.space import names as param_names, param
 from hpsearch.space import params as space_params
 
@@ -128,18 +128,18 @@ def metric_vs_lr(results: Results) -> Any:
     several = "optimizer" in ok and ok["optimizer"].nunique() > 1
     keys = ["optimizer", "batch_size"] if several else ["batch_size"]
     # With --repeats, each dot is a mean over seeds: its standard error as a bar (README: How sure is the ranking)
-    repeated = (pd.to_numeric(ok["repeats"], errors="coerce").fillna(1) > 1).any()
+    seeds = repeated(ok)
     for i, (values, group) in enumerate(ok.groupby(keys, sort=True)):
         label = f"{values[0]}, batch size {values[1]}" if several else f"batch size {values[0]}"
         axes.scatter(group["lr"], group[metric], color=f"C{i % 10}", alpha=0.6, label=label)
-        if repeated:
+        if seeds:
             axes.errorbar(group["lr"], group[metric], yerr=pd.to_numeric(group[f"{metric}_se"], errors="coerce"),
                           fmt="none", ecolor=f"C{i % 10}", alpha=0.5, capsize=2)
         line = group.groupby("lr")[metric].agg(best)  # the best trial at each learning rate, joined
         axes.plot(line.index, line.values, color=f"C{i % 10}", linestyle=":")
     axes.set_xscale("log")
     axes.set(title=f"Validation {'accuracy' if metric == 'val_accuracy' else 'loss'} against learning rate\n"
-                   f"(dots: every completed trial{', mean ± standard error over its seeds' if repeated else ''}; "
+                   f"(dots: every completed trial{', mean ± standard error over its seeds' if seeds else ''}; "
                    "line: the best at each learning rate)", xlabel="Learning rate (log scale)",
              ylabel="Validation accuracy" if metric == "val_accuracy" else "Validation loss")
     axes.grid(alpha=0.3, which="both")

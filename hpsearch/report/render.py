@@ -21,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.errors import BadInput
-from hpsearch.report.results import DIAGNOSIS_RULES, NOISE_RULES, Results, phase
+from hpsearch.report.results import DIAGNOSIS_RULES, NOISE_RULES, Results, phase, repeated
+from hpsearch.search.records import SEED_STD
 from hpsearch.space import names as param_names, param
 from hpsearch.space import params as space_params
 from hpsearch.studyfile import study_file_text
@@ -76,7 +77,7 @@ def _shown_extras(frame: pd.DataFrame) -> set[str]:
     classifying = pd.to_numeric(frame["val_accuracy"], errors="coerce").notna().any()
     se = "val_accuracy_se" if classifying else "val_loss_se"
     shown = {se} if pd.to_numeric(frame[se], errors="coerce").notna().any() else set()
-    if (pd.to_numeric(frame["repeats"], errors="coerce").fillna(1) > 1).any():
+    if repeated(frame):
         shown.add("repeats")
     return shown
 
@@ -161,23 +162,21 @@ def best_line(frame: pd.DataFrame) -> str:
 
 def noise_lines(results: Results) -> list[str]:
     """What noise does to the ranking: which rows tie the best, and when the best's seeds spread more than its lead."""
-    from hpsearch.report.results import TIE_Z, ties_with_best
+    from hpsearch.report.results import TIE_Z, ties_with_best, trial_names
 
     frame = results.frame
     ok = frame[frame["outcome"] == "completed"]
     lines = []
     tied = ties_with_best(frame)
     if len(tied):
-        several = frame["study"].nunique() > 1
-        named = ", ".join(f"{r.study}#{r.trial}" if several else str(r.trial) for r in tied.head(10).itertuples())
-        more = f" and {len(tied) - 10} more" if len(tied) > 10 else ""
+        named = trial_names(tied, with_study=frame["study"].nunique() > 1)
         lines.append(f"{len(tied)} other configuration{'s' * (len(tied) > 1)} tie{'s' * (len(tied) == 1)} with the best "
                      f"within noise (|difference| <= {TIE_Z:g} standard errors): trial{'s' * (len(tied) > 1)} "
-                     f"{named}{more}; more seeds (--repeats) or a larger validation split would tell them apart")
+                     f"{named}; more seeds (--repeats) or a larger validation split would tell them apart")
     if len(ok) > 1:
         best, second = ok.iloc[0], ok.iloc[1]
         column = "val_accuracy" if pd.notna(best["val_accuracy"]) else "val_loss"
-        std = results.trial(best["study"], int(best["trial"])).user_attrs.get("seed_std", {})
+        std = results.trial(best["study"], int(best["trial"])).user_attrs.get(SEED_STD, {})
         spread = std.get(column) if isinstance(std, dict) else None
         lead = abs(float(best[column]) - float(second[column]))
         if isinstance(spread, (int, float)) and spread > lead:

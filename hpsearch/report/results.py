@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.errors import listed
 from hpsearch.search.records import (EPOCHS, OUTCOME, REASON, REPEATS, SECONDS, SEED_STD, SETTINGS_ATTR,
                                      STOPPED_EPOCH, TEST_ATTR, VAL_EXAMPLES, VAL_LOSS_SE, claimable, decode_params,
                                      made_by_hpsearch, not_hpsearch)
@@ -192,6 +193,19 @@ def _ties(ranked: pd.DataFrame) -> pd.Series:
 def ties_with_best(ranked: pd.DataFrame) -> pd.DataFrame:
     """The completed rows that tie the best (the first row) within noise."""
     return ranked[ranked["tie"].fillna(False).astype(bool)]
+
+
+def repeated(frame: pd.DataFrame) -> bool:
+    """Whether any configuration of the frame trained with more than one seed (--repeats)."""
+    return bool((pd.to_numeric(frame["repeats"], errors="coerce").fillna(1) > 1).any())
+
+
+TIES_NAMED = 10  # tied trials a line names before "and N more"
+
+
+def trial_names(rows: pd.DataFrame, with_study: bool = True) -> str:
+    """"coarse#9, coarse#10 and 53 more" (``with_study`` False: "9, 10 and 53 more")."""
+    return listed([f"{r.study}#{r.trial}" if with_study else str(r.trial) for r in rows.itertuples()], TIES_NAMED)
 
 
 def _whole(column: pd.Series) -> pd.Series:

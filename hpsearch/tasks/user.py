@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpsearch.errors import BadInput
+from hpsearch.errors import BadInput, listed
 from hpsearch.spec import DATA_SUFFIXES, task_reference
 from hpsearch.tasks.code import first_line as _first_line
 from hpsearch.tasks.code import module as _module
@@ -69,8 +69,8 @@ class Source:
         """Rows as the user finds them: a CSV's line numbers (the header is line 1), else array indices."""
         several = len(index) > 1
         if self.form == "csv":
-            return f"on line{'s' * several} {_listed([i + 2 for i in index])}"
-        return f"at {'indices' if several else 'index'} {_listed(list(index))}"
+            return f"on line{'s' * several} {listed([i + 2 for i in index], SHOWN)}"
+        return f"at {'indices' if several else 'index'} {listed(list(index), SHOWN)}"
 
     def give(self, splits: Sequence[str]) -> str:
         """How to give these splits instead of having them carved ("" for a CSV: it holds one split)."""
@@ -79,11 +79,6 @@ class Source:
         if self.form == "task":
             return " or return the " + " and ".join(splits) + " split" + "s" * (len(splits) > 1) + " in the Task"
         return ""
-
-
-def _listed(items: Sequence[object]) -> str:
-    more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
-    return ", ".join(map(str, items[:SHOWN])) + more
 
 
 def _not_a_task_function(thing: object) -> str | None:
@@ -257,7 +252,7 @@ def _note_missing_classes(task: Task, source: Source) -> None:
         if absent:
             several = len(absent) > 1
             note_once(f"note: {source.where}: the {SPLITS[name]} split has no example of class{'es' * several} "
-                      f"{_listed(absent)}, which the training split has; its accuracy cannot reward learning "
+                      f"{listed(absent, SHOWN)}, which the training split has; its accuracy cannot reward learning "
                       f"{'them' if several else 'it'} (more rows would help)")
 
 
