@@ -1,3 +1,3 @@
-from hpsearch.cli import main
+from hpsearch.cli import entry
 
-main()
+entry()

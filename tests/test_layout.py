@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 # The pipeline's stages in order (README, "How it works"). A module may import modules of its own stage
 # or of an earlier one, never of a later one; imports only a type checker sees (``if TYPE_CHECKING:``)
 # do not count, since they run nothing.
-STAGES = ["errors", "signals", "space", "spec", "studyfile", "tasks", "optimizers", "train", "objective", "storage",
+STAGES = ["errors", "signals", "shutdown", "space", "spec", "studyfile", "tasks", "optimizers", "train", "objective", "storage",
           "search", "report", "recipe", "cli"]
 
 

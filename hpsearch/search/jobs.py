@@ -194,4 +194,6 @@ def _worker_main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main())
+    from hpsearch.shutdown import leave
+
+    leave(_worker_main())

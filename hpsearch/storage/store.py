@@ -11,6 +11,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -243,6 +244,9 @@ def _open_database(location: str, shown: str, create: bool, jobs: int, attempts:
         finally:
             if release is not None:
                 release()
+    # Its connections close at exit (hpsearch.shutdown skips the teardown that would drop them), or
+    # when the storage is freed: a database server then sees a client leave, not a connection reset.
+    weakref.finalize(storage, storage.engine.dispose)
     return Store(storage, shown, _database_lock(storage.engine, database))
 
 
