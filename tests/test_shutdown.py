@@ -44,7 +44,7 @@ def make():
 
 
 def hpsearch(folder, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=folder, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=folder, check=False, capture_output=True, text=True,
                           env=one_thread_env(**env), timeout=300)
 
 
@@ -76,5 +76,5 @@ def test_bad_input_keeps_its_line_and_status(tmp_path):
 @pytest.mark.parametrize("code, status, stderr", [("None", 0, ""), ("3", 3, ""), ("'stopped here'", 1, "stopped here")])
 def test_leave_exits_as_sys_exit_would(code, status, stderr):
     script = f"import torch\nfrom hpsearch.shutdown import leave\nprint('out', end='')\nleave({code})\nprint('never')"
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (status, "out", stderr)
