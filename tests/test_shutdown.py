@@ -44,8 +44,8 @@ def make():
 
 
 def hpsearch(folder, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=folder, check=False, capture_output=True, text=True,
-                          env=one_thread_env(**env), timeout=300)
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=folder, check=False, capture_output=True,
+                          text=True, env=one_thread_env(**env), timeout=300)
 
 
 def test_a_search_ends_with_its_output_files_and_exit_handlers_complete(tmp_path):
