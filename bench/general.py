@@ -67,7 +67,9 @@ def hpsearch_arm(task: str, epochs: int, before: Path | None = None, device: str
 
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
         journal = Path(tmp) / "bench.journal"
-        cmd = hpsearch_command() + ["grid", "--task", task, "--study", "bench", "--storage", str(journal),
+        # The before arm as `python -m hpsearch`: the installed console script may call what DIR lacks.
+        command = hpsearch_command() if before is None else [sys.executable, "-m", "hpsearch"]
+        cmd = command + ["grid", "--task", task, "--study", "bench", "--storage", str(journal),
                                     "--device", device] + flags(epochs)
         if before is None:
             whole, _ = run_process(cmd, Path(tmp))

@@ -23,12 +23,14 @@ The host reads metrics once per epoch; divergence is detected on the device at e
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
+import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,9 @@ from hpsearch.spec import Config, Kind
 from hpsearch.tasks.task import Task, note_once, require_trainable
 
 DIVERGENCE_FACTOR = 10.0  # a loss above 10x the member's first loss counts as exploding (DESIGN.md)
+# Held while torch's global random generator is seeded and drawn from (models built, a path that draws from it),
+# so that populations trained side by side in threads never draw each other's numbers.
+GLOBAL_RNG = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class _Batched:
     train: Callable[[bool], object] = lambda mode: None  # training / evaluation mode of the modules
     keep: Callable[[torch.Tensor], None] = lambda rows: None  # drop the buffers of members that left
     grads: Grads | None = None  # written by hand; None: the trainer calls torch.autograd.grad
+    global_rng: bool = False  # draws random numbers (the model's own Dropout) from torch's global generator
 
 
 def _fused_mlp(models: list[nn.Module], device: torch.device, kind: Kind) -> _Batched | None:
@@ -280,7 +286,8 @@ class _Im2col(torch.autograd.Function):
         return d_h, None, None, None
 
 
-def _batched_layers(models: list[nn.Module], device: torch.device, probe: torch.Tensor) -> _Batched | None:
+def _batched_layers(models: list[nn.Module], device: torch.device, probe: torch.Tensor,
+                    generator: torch.Generator | None = None) -> _Batched | None:
     """An nn.Sequential of Linear, Conv1d/2d, BatchNorm1d/2d, Dropout, Flatten, Unflatten and elementwise
     activations as batched operations over the members, under autograd.
 
@@ -290,7 +297,8 @@ def _batched_layers(models: list[nn.Module], device: torch.device, probe: torch.
     took two thirds of a step. A Linear is a baddbmm; BatchNorm keeps each member's running
     statistics (P, C) and normalises over the batch (and spatial) dimensions per member. Parameters
     keep the module's names and layout. The batched forward is checked against member 0's own module
-    on ``probe`` in evaluation mode: None (vmap then) when it fails or differs.
+    on ``probe`` in evaluation mode: None (vmap then) when it fails or differs. Dropout masks come from
+    ``generator``, the population's own (None: torch's global one).
     """
     if not isinstance(models[0], nn.Sequential) or not all(_layer_ok(m) for m in models[0]):
         return None
@@ -324,7 +332,7 @@ def _batched_layers(models: list[nn.Module], device: torch.device, probe: torch.
                 h = _ELEMENTWISE[type(module)](h)
                 continue
             if isinstance(module, nn.Dropout):
-                h = _dropout(h, module.p) if training[0] and module.training else h
+                h = _dropout(h, module.p, generator) if training[0] and module.training else h
                 continue
             if flat is not None and not isinstance(module, nn.Linear):  # to the module's order (P, B, C x S)
                 h, flat = h.unflatten(2, flat[1:] + flat[:1]).movedim(-1, 2).flatten(2), None
@@ -396,13 +404,14 @@ def _batched_layers(models: list[nn.Module], device: torch.device, probe: torch.
     return _Batched(params, forward, export, train, keep)
 
 
-def _dropout(h: torch.Tensor, p: float) -> torch.Tensor:
+def _dropout(h: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """F.dropout in training mode, its mask drawn by comparing uniform numbers (a fresh mask per member and
-    element, as vmap's randomness="different"): torch.rand_like took half the time of the bernoulli_ that
+    element, as vmap's randomness="different"): torch.rand took half the time of the bernoulli_ that
     F.dropout draws with, the largest operation of a step on the spirals MLP (on the whole step: within noise)."""
     if p <= 0.0 or p >= 1.0:
-        return F.dropout(h, p, True)
-    return h * (torch.rand_like(h) >= p).to(h.dtype).mul_(1.0 / (1.0 - p))
+        return h * 0.0 if p >= 1.0 else h
+    keep = torch.rand(h.shape, generator=generator, device=h.device, dtype=h.dtype) >= p
+    return h * keep.to(h.dtype).mul_(1.0 / (1.0 - p))
 
 
 def _batch_norm(h: torch.Tensor, module: nn.BatchNorm1d | nn.BatchNorm2d, weight: torch.Tensor, bias: torch.Tensor,
@@ -460,7 +469,7 @@ def _vmapped(models: list[nn.Module], device: torch.device, probe: torch.Tensor)
         return None
     finally:
         buffers.update(saved)
-    return _Batched(params, forward, export, base.train, keep)
+    return _Batched(params, forward, export, base.train, keep, global_rng=True)
 
 
 def _one_at_a_time(models: list[nn.Module], device: torch.device, member_dims: int) -> _Batched:
@@ -489,7 +498,7 @@ def _one_at_a_time(models: list[nn.Module], device: torch.device, member_dims: i
         members[:] = [members[row] for row in rows.tolist()]
 
     params = [v.detach().to(device).requires_grad_(v.requires_grad) for v in stacked.values()]
-    return _Batched(params, forward, export, train, keep)
+    return _Batched(params, forward, export, train, keep, global_rng=True)
 
 
 def evaluate(batched: _Batched, params: list[torch.Tensor], kind: Kind, split: tuple[torch.Tensor, torch.Tensor],
@@ -549,32 +558,59 @@ def train_population(
     batch_size = configs[0].batch_size
     if any(c.batch_size != batch_size for c in configs):
         raise ValueError("a population shares one batch size")
-    x_train, y_train = task.train
+    x_train = task.train[0]
     device = x_train.device
     n = len(x_train)
-    steps = math.ceil(n / batch_size)
-    classifying = task.kind == "classification"
     # Rows grouped by optimizer (in input order within each): each kind's rows are contiguous, and stay so as
     # members leave, so the optimizer steps them as views rather than gathering them.
     ids = sorted(range(len(configs)), key=lambda i: OPTIMIZERS.index(optimizer_of(configs[i])))  # each row's input index
     members = [configs[i] for i in ids]
 
-    models = []
-    with torch.random.fork_rng(devices=[]):
-        for c in members:
-            # The CPU generator is what initialises a model built on the CPU; torch.manual_seed
-            # would also seed every accelerator backend, at ~1 ms a call.
-            torch.default_generator.manual_seed(c.seed)
-            models.append(task.make_model())
-    require_trainable(models[0], f"task '{task.name}'")
-    # A tiny batch per member (two examples: BatchNorm needs more than one) to try torch.func on.
-    probe = x_train[torch.arange(len(models) * 2, device=device) % n].view(len(models), 2, *x_train.shape[1:])
-    batched = (_fused_mlp(models, device, task.kind) or _batched_layers(models, device, probe)
-               or _vmapped(models, device, probe))
-    if batched is None:
-        note_once(f"note: torch.func cannot vectorise the {type(models[0]).__name__} model of task '{task.name}': "
-                   "its members train one at a time (slower, same results)")
-        batched = _one_at_a_time(models, device, probe.dim())
+    with GLOBAL_RNG:  # models initialised, and the paths' probes, draw from torch's global generator
+        models = []
+        with torch.random.fork_rng(devices=[]):
+            for c in members:
+                # The CPU generator is what initialises a model built on the CPU; torch.manual_seed
+                # would also seed every accelerator backend, at ~1 ms a call.
+                torch.default_generator.manual_seed(c.seed)
+                models.append(task.make_model())
+        require_trainable(models[0], f"task '{task.name}'")
+        # A tiny batch per member (two examples: BatchNorm needs more than one) to try torch.func on.
+        probe = x_train[torch.arange(len(models) * 2, device=device) % n].view(len(models), 2, *x_train.shape[1:])
+        # The population's own random numbers (Dropout): the same masks whatever trained before it or beside it.
+        generator = torch.Generator(device=device).manual_seed(members[0].seed)
+        batched = (_fused_mlp(models, device, task.kind) or _batched_layers(models, device, probe, generator)
+                   or _vmapped(models, device, probe))
+        if batched is None:
+            note_once(f"note: torch.func cannot vectorise the {type(models[0]).__name__} model of task "
+                      f"'{task.name}': its members train one at a time (slower, same results)")
+            batched = _one_at_a_time(models, device, probe.dim())
+    with _own_random_numbers(batched, members[0].seed):
+        return _train(task, configs, epochs, on_epoch, schedule, ids, members, batched)
+
+
+@contextlib.contextmanager
+def _own_random_numbers(batched: _Batched, seed: int) -> Iterator[None]:
+    """A path that draws from torch's global generator (the model's own Dropout under vmap, or its own forward)
+    holds it for the whole population, seeded with ``seed``: populations trained side by side
+    (hpsearch.objective.population) then draw the same numbers in whatever order they run."""
+    if not batched.global_rng:
+        yield
+        return
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def _train(task: Task, configs: Sequence[Config], epochs: int, on_epoch: EpochCallback | None,
+           schedule: Schedule | None, ids: list[int], members: list[Config], batched: _Batched) -> list[MemberResult]:
+    """train_population's epochs, once its path is chosen (``ids``: each row's input index)."""
+    x_train, y_train = task.train
+    device = x_train.device
+    n = len(x_train)
+    batch_size = members[0].batch_size
+    steps = math.ceil(n / batch_size)
+    classifying = task.kind == "classification"
     params = batched.params
     # Positions of the trainable parameters: only they get gradients, optimizer state and steps.
     stepped = [k for k, p in enumerate(params) if p.requires_grad]
