@@ -90,7 +90,9 @@ class PopulationObjective:
 
         Only training runs in those threads: each epoch's report comes back to this (the calling) thread,
         which calls ``on_epoch`` (the study's writes, pruning) and answers, so Ctrl-C and SIGTERM land
-        here as they do without lanes. When this generator ends early, the lanes stop at their next epoch.
+        here as they do without lanes. With the answer comes the lane's share of the threads from then
+        on: a lane left alone at the end takes them all. When this generator ends early, the lanes stop
+        at their next epoch.
         """
         import torch
 
@@ -111,7 +113,9 @@ class PopulationObjective:
                         raise _Abandoned()
                 if stop is None:
                     raise _Abandoned()
-                return stop
+                members_to_stop, share = stop
+                torch.set_num_threads(share)
+                return members_to_stop
 
             try:
                 inbox.put((members, self._attempt(configs, members, epochs, report)))
@@ -129,7 +133,7 @@ class PopulationObjective:
                 if isinstance(message, tuple):
                     epoch, reply = message
                     try:
-                        reply.put(_reporter(members, on_epoch)(epoch))
+                        reply.put((_reporter(members, on_epoch)(epoch), max(1, threads // running)))
                     except BaseException:
                         reply.put(None)
                         raise
