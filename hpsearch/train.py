@@ -589,6 +589,14 @@ def train_population(
         return _train(task, configs, epochs, on_epoch, schedule, ids, members, batched)
 
 
+def convolutional(task: Task) -> bool:
+    """Whether the task's model holds a convolution (one model built; torch's global generator left as it was)."""
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        model = task.make_model()
+    convolutions = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return isinstance(model, nn.Module) and any(isinstance(m, convolutions) for m in model.modules())
+
+
 @contextlib.contextmanager
 def _own_random_numbers(batched: _Batched, seed: int) -> Iterator[None]:
     """A path that draws from torch's global generator (the model's own Dropout under vmap, or its own forward)

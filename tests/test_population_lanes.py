@@ -1,7 +1,8 @@
-"""Populations side by side (hpsearch.objective.population): several batch sizes train at once, one torch thread
-each, and nothing a trial records depends on it.
+"""Populations side by side (hpsearch.objective.population): a convolutional model's batch sizes train at once,
+a torch thread each; the numbers are those of one population after another (to the rounding of one thread
+against two), and a re-run gives them to the bit.
 
-Real torch, real models, tiny data: every path the trainer has (the fused MLP, the batched layers with
+Real torch, real models, tiny data: every path a convolutional model takes (the batched layers with
 Dropout drawing from the population's generator, vmap and one-at-a-time drawing from torch's global one)
 gives the same numbers side by side as one population after another, run after run.
 """
@@ -43,12 +44,18 @@ def configs() -> list:
             for bs in BATCH_SIZES for lr in (0.1, 0.01)]
 
 
+def convolutional_layers() -> nn.Module:
+    """The batched layers' path, a convolution and Dropout (drawing from the population's generator) in it."""
+    return nn.Sequential(nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 16),
+                         nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+
+
 class Noisy(nn.Module):
-    """Draws from torch's global generator in its forward (vmap's path): a noise layer then Dropout."""
+    """Draws from torch's global generator in its forward (vmap's path): a noise layer, a convolution, Dropout."""
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+        self.net = convolutional_layers()
 
     def forward(self, x):
         return self.net(x + 0.1 * torch.randn_like(x) if self.training else x)
@@ -62,12 +69,14 @@ class Branching(Noisy):
 
 
 MODELS = {
-    "fused mlp": lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)),
-    "layers with dropout": lambda: nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
-                                                 nn.Linear(16, 3)),
+    "layers with dropout": convolutional_layers,
     "vmap, global generator": Noisy,
     "one at a time, global generator": Branching,
 }
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
 def objective(make_model) -> population.PopulationObjective:
@@ -92,10 +101,23 @@ def one_at_a_time(monkeypatch) -> None:
     monkeypatch.setattr(population, "side_by_side", lambda populations, device: (1, torch.get_num_threads()))
 
 
-def test_lanes_are_used_on_a_cpu_with_several_threads(two_threads):
+def test_lanes_are_used_on_a_cpu_with_several_threads_for_convolutional_models(two_threads):
     assert population.side_by_side(3, "cpu") == (2, 2)
     assert population.side_by_side(1, "cpu") == (1, 2)
     assert population.side_by_side(3, "cuda") == (1, 2)
+    assert [objective(m).convolutional() for m in (convolutional_layers, Noisy, mlp)] == [True, True, False]
+
+
+def test_an_mlp_trains_one_population_after_another(two_threads):
+    alone = threading.active_count()
+    seen = {}
+    for make_model in (mlp, convolutional_layers):
+        seen[make_model] = []
+        for _ in objective(make_model).train(configs(), 1, lambda m, r, s=seen[make_model]: s.append(
+                threading.active_count()) or []):
+            pass
+    assert set(seen[mlp]) == {alone}  # no lane
+    assert max(seen[convolutional_layers]) > alone
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -118,7 +140,7 @@ def test_epoch_reports_come_back_to_the_calling_thread_and_can_stop_members(two_
         return [members[0]] if report.epoch == 1 else []  # stop each population's first member after epoch 1
 
     got = {}
-    for members, results in objective(MODELS["fused mlp"]).train(configs(), 3, on_epoch):
+    for members, results in objective(convolutional_layers).train(configs(), 3, on_epoch):
         got.update({i: r for i, r in zip(members, results)})
     assert all(main for main, _, _ in seen) and len(seen) > len(BATCH_SIZES)
     stopped = {i for i, r in got.items() if r.outcome == "stopped"}
@@ -147,7 +169,7 @@ def test_a_failing_population_fails_alone(two_threads):
 
 def test_a_search_that_stops_early_leaves_no_lane_running(two_threads):
     before = threading.active_count()
-    ended = objective(MODELS["fused mlp"]).train(configs(), 50, lambda m, r: [])
+    ended = objective(convolutional_layers).train(configs(), 50, lambda m, r: [])
     next(ended)  # the first population done, the others mid-training
     ended.close()
     deadline = time.monotonic() + 60
