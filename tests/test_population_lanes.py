@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import torch
@@ -108,16 +107,19 @@ def test_lanes_are_used_on_a_cpu_with_several_threads_for_convolutional_models(t
     assert [objective(m).convolutional() for m in (convolutional_layers, Noisy, mlp)] == [True, True, False]
 
 
+def lanes_running() -> int:
+    return sum(t.name == "hpsearch-population" and t.is_alive() for t in threading.enumerate())
+
+
 def test_an_mlp_trains_one_population_after_another(two_threads):
-    alone = threading.active_count()
     seen = {}
     for make_model in (mlp, convolutional_layers):
         seen[make_model] = []
         for _ in objective(make_model).train(configs(), 1, lambda m, r, s=seen[make_model]: s.append(
-                threading.active_count()) or []):
+                lanes_running()) or []):
             pass
-    assert set(seen[mlp]) == {alone}  # no lane
-    assert max(seen[convolutional_layers]) > alone
+    assert set(seen[mlp]) == {0}
+    assert max(seen[convolutional_layers]) == 2  # three populations, two at a time
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -168,14 +170,11 @@ def test_a_failing_population_fails_alone(two_threads):
 
 
 def test_a_search_that_stops_early_leaves_no_lane_running(two_threads):
-    before = threading.active_count()
     ended = objective(convolutional_layers).train(configs(), 50, lambda m, r: [])
     next(ended)  # the first population done, the others mid-training
+    assert lanes_running() > 0
     ended.close()
-    deadline = time.monotonic() + 60
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert threading.active_count() == before
+    wait_for(lambda: lanes_running() == 0, "the lanes to stop", timeout=60)
     assert torch.get_num_threads() == 2
 
 
