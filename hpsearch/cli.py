@@ -16,8 +16,7 @@ from hpsearch.errors import HpsearchError, Interrupted
 from hpsearch.space import OPTIMIZERS, Param
 from hpsearch.space import params as space_params
 from hpsearch.spec import (DEFAULT_EPOCHS, DEFAULT_RETRIES, DEFAULT_SEED, DEFAULT_TRIALS, INT_BOUNDS, KINDS, MAX_POINTS,
-                           RANKINGS,
-                           METRICS, PRUNERS, SCHEDULES)
+                           METRICS, PRUNERS, RANKINGS, SCHEDULES)
 
 TOP_ROWS = 10  # rows of the ranked table printed after a search; `report` prints them all
 REPORT_FORMATS = ("table", "csv", "markdown", "json", "html", "toml")  # each but table is a key of report.FORMATS

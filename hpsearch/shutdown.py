@@ -34,8 +34,7 @@ def _flush_open_files() -> None:
 
 def leave(code: object = 0) -> NoReturn:
     """End the process with ``code`` as ``sys.exit(code)`` would, without the interpreter's teardown."""
-    if threading.active_count() > 1 and any(not t.daemon for t in threading.enumerate()
-                                            if t is not threading.main_thread()):
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)  # Python joins non-daemon threads first; so do we
     atexit._run_exitfuncs()
     if code is None:

@@ -267,6 +267,11 @@ class StudySpec:
     repeats: int = 1  # seeds each configuration trains with; its trial's value is their mean (--repeats)
 
     @property
+    def trials_at_once(self) -> int:
+        """Trials a search asks at once: their K seeds (--repeats) fill a population of at most max_population."""
+        return max(1, self.max_population // self.repeats)
+
+    @property
     def own_code(self) -> bool:
         """Whether the user's own code trains (--objective or a command), not the population trainer."""
         return self.objective is not None or bool(self.run)

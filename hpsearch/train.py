@@ -534,12 +534,7 @@ def member_losses(kind: Kind, outputs: torch.Tensor, targets: torch.Tensor) -> t
 
     ``outputs`` (P, B, C); ``targets`` per member (P, B[, C]) or shared by every member (B[, C]).
     """
-    if targets.dim() < outputs.dim() - (kind == "classification"):
-        targets = targets.expand(outputs.shape[0], *targets.shape)
-    if kind == "regression":
-        return F.mse_loss(outputs, targets, reduction="none").flatten(1).mean(1)
-    losses = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none")
-    return losses.view(outputs.shape[0], -1).mean(1)
+    return example_losses(kind, outputs, targets).mean(1)
 
 
 def train_population(
@@ -566,14 +561,8 @@ def train_population(
     ids = sorted(range(len(configs)), key=lambda i: OPTIMIZERS.index(optimizer_of(configs[i])))  # each row's input index
     members = [configs[i] for i in ids]
 
-    with GLOBAL_RNG:  # models initialised, and the paths' probes, draw from torch's global generator
-        models = []
-        with torch.random.fork_rng(devices=[]):
-            for c in members:
-                # The CPU generator is what initialises a model built on the CPU; torch.manual_seed
-                # would also seed every accelerator backend, at ~1 ms a call.
-                torch.default_generator.manual_seed(c.seed)
-                models.append(task.make_model())
+    with GLOBAL_RNG:  # the paths' probes draw from torch's global generator too
+        models = [seeded_model(task, c.seed) for c in members]
         require_trainable(models[0], f"task '{task.name}'")
         # A tiny batch per member (two examples: BatchNorm needs more than one) to try torch.func on.
         probe = x_train[torch.arange(len(models) * 2, device=device) % n].view(len(models), 2, *x_train.shape[1:])
@@ -589,10 +578,19 @@ def train_population(
         return _train(task, configs, epochs, on_epoch, schedule, ids, members, batched)
 
 
-def convolutional(task: Task) -> bool:
-    """Whether the task's model holds a convolution (one model built; torch's global generator left as it was)."""
+def seeded_model(task: Task, seed: int) -> nn.Module:
+    """A fresh model of ``task`` initialised from ``seed``; torch's global generator held meanwhile (GLOBAL_RNG)
+    and left as it was."""
     with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
-        model = task.make_model()
+        # The CPU generator is what initialises a model built on the CPU; torch.manual_seed
+        # would also seed every accelerator backend, at ~1 ms a call.
+        torch.default_generator.manual_seed(seed)
+        return task.make_model()
+
+
+def convolutional(task: Task) -> bool:
+    """Whether the task's model holds a convolution (one model built)."""
+    model = seeded_model(task, 0)
     convolutions = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     return isinstance(model, nn.Module) and any(isinstance(m, convolutions) for m in model.modules())
 

@@ -114,12 +114,11 @@ class CommandObjective(OneAtATime):
         return self.device, {}
 
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
-                trial: int, log: Path | None) -> list[MemberResult] | Failure:
+                trial: int, path: Path | None) -> list[MemberResult] | Failure:
         device, placement = self._placement()
         hp = HP(config.params(), epochs, config.seed, device, self.split, trial)
         argv = [part.format_map(hp.texts()) for part in self.command]
         env = {**os.environ, **hp.environment(), **placement, "PYTHONUNBUFFERED": "1"}
-        path = log
         where = log_note(path)
         run = TrialRun(index, config, on_epoch, self.metric, self.split)
         if path is not None:

@@ -217,8 +217,8 @@ class OneAtATime(abc.ABC):
 
     @abc.abstractmethod
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
-                trial: int, log: Path | None) -> list[MemberResult] | Failure:
-        """Train ``config`` (batch index ``index``, trial number ``trial``, its output to ``log``): its result,
+                trial: int, path: Path | None) -> list[MemberResult] | Failure:
+        """Train ``config`` (batch index ``index``, trial number ``trial``, its output to ``path``): its result,
         or why it failed."""
 
 
@@ -242,11 +242,10 @@ class FunctionObjective(OneAtATime):
         return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
 
     def run_one(self, index: int, config: Config, epochs: int, on_epoch: EpochCallback,
-                trial: int, log: Path | None) -> list[MemberResult] | Failure:
+                trial: int, path: Path | None) -> list[MemberResult] | Failure:
         assert self._function is not None
         run = TrialRun(index, config, on_epoch, self.metric, self.split)
         hp = HP(config.params(), epochs, config.seed, self._device(), self.split, trial, run.report)
-        path = log
         where = log_note(path)
         try:
             with _log(path) as log:

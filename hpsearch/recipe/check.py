@@ -21,7 +21,7 @@ from hpsearch.space import ADAPTIVE, OPTIMIZERS
 from hpsearch.spec import check_int, make_config, task_reference
 from hpsearch.tasks.builtin import load_task
 from hpsearch.tasks.task import Task, require_trainable
-from hpsearch.train import EpochReport, member_losses, resolve_device, train_population
+from hpsearch.train import EpochReport, member_losses, resolve_device, seeded_model, train_population
 
 OVERFIT_BATCH = 32
 OVERFIT_STEPS = 500
@@ -67,9 +67,7 @@ def run_checks(task: Task, population: int = 64, overfit_steps: int = OVERFIT_ST
 
 
 def _fresh_model(task: Task, seed: int = 0) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        return task.make_model().to(task.train[0].device)
+    return seeded_model(task, seed).to(task.train[0].device)
 
 
 def parameter_count(task: Task) -> Finding:

@@ -67,8 +67,8 @@ def plan_search(spec: StudySpec) -> Plan:
     Reads the study when it exists (a resumed search trains only what is missing) and writes nothing.
     """
     finished = _finished_points(spec)
-    k = spec.repeats  # each configuration trains as K members (--repeats): a search asks max_population // K at once
-    per_ask = max(1, spec.max_population // k)
+    k = spec.repeats  # each configuration trains as K members (--repeats)
+    per_ask = spec.trials_at_once
     if spec.command == "grid":
         done = set(finished)
         points = [p for p in spec.iter_grid_points() if make_config(p, 0).key() not in done]

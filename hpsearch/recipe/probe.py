@@ -29,7 +29,7 @@ from hpsearch.space import OPTIMIZERS
 from hpsearch.spec import DEFAULT_SEED, make_config, task_reference
 from hpsearch.tasks.builtin import load_task
 from hpsearch.tasks.task import Task
-from hpsearch.train import EpochReport, member_losses, resolve_device, train_population
+from hpsearch.train import EpochReport, member_losses, resolve_device, seeded_model, train_population
 
 STEPS = 100  # the lectures' "within 100 iterations"
 # 1, 2 and 5 in each decade from 1e-5 to 10: 19 rates, about three a decade (nearly even on a log scale),
@@ -155,9 +155,7 @@ def _probe_data(task: Task, steps: int, batch_size: int, seed: int) -> Task:
 def _initial_loss(task: Task, seed: int) -> float:
     """The loss of the members' common initialisation on the measured examples, as the trainer seeds it."""
     x, y = task.val
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        model = task.make_model().to(x.device).eval()
+    model = seeded_model(task, seed).to(x.device).eval()
     with torch.no_grad():
         return member_losses(task.kind, model(x).unsqueeze(0), y).item()
 

@@ -348,10 +348,6 @@ class _Runner:
         if value is not None:
             self.best = value if self.best is None else (min if self.minimize else max)(self.best, value)
 
-    def _trials_per_population(self) -> int:
-        """Trials asked at once: their K seeds each fill a population of at most max_population members."""
-        return max(1, self.spec.max_population // self.spec.repeats)
-
     def grid(self) -> None:
         waiting = self._enqueue_grid()
         self.total = self.already + len(waiting)
@@ -361,7 +357,7 @@ class _Runner:
         self._tick()
 
         def waiting_now(trials: list[FrozenTrial]) -> int:  # ask() would sample a fresh point when none waits
-            return min(self._trials_per_population(), sum(t.state == TrialState.WAITING for t in trials))
+            return min(self.spec.trials_at_once, sum(t.state == TrialState.WAITING for t in trials))
 
         while asked := self._ask(waiting_now, dists):
             self.run_batch(asked, [param_config(t.params, self.spec.seed) for t in asked])
@@ -412,7 +408,7 @@ class _Runner:
             counted = sum(finished(t) or t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
             return min(batch, waiting + max(0, self.total - counted))
 
-        batch = min(batch, self._trials_per_population())
+        batch = min(batch, self.spec.trials_at_once)
         while asked := self._ask(room):
             with self._writes():
                 configs = [param_config(_sample(t, self.spec.space), self.spec.seed) for t in asked]
