@@ -8,10 +8,10 @@ from torch import nn
 
 from hpsearch.errors import BadInput
 from hpsearch.spec import make_config
-from hpsearch.tasks.builtin import Task
+from hpsearch.tasks.builtin import Task, load_task
 from hpsearch.train import EpochReport, _fused_mlp, _vmapped, member_losses, resolve_device, train_population
 
-from helpers import TOL, close
+from helpers import ROOT, TOL, close
 
 
 def configs(batch_size=64, **fixed):
@@ -127,27 +127,64 @@ def test_the_fused_mlp_path_equals_the_vmap_path(digits):
         assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=TOL)
 
 
+def _relu_stack(outputs: int) -> nn.Module:  # a ReLU first and last too
+    return nn.Sequential(nn.ReLU(), nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 11), nn.ReLU(),
+                         nn.Linear(11, 8), nn.ReLU(), nn.Linear(8, outputs), nn.ReLU())
+
+
+def _normalised(outputs: int) -> nn.Module:  # Dropout before and after a ReLU, BatchNorm with and without one
+    return nn.Sequential(nn.Dropout(0.3), nn.Linear(7, 9), nn.BatchNorm1d(9), nn.ReLU(), nn.Dropout(0.2),
+                         nn.Linear(9, 11), nn.Dropout(0.5), nn.BatchNorm1d(11), nn.Linear(11, outputs))
+
+
+def _normalised_first(outputs: int) -> nn.Module:  # BatchNorm on the inputs: no gradient flows below it
+    return nn.Sequential(nn.BatchNorm1d(7, momentum=0.3), nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, outputs))
+
+
+@pytest.mark.parametrize("make", [_relu_stack, _normalised, _normalised_first], ids=["relu", "bn-dropout", "bn-first"])
 @pytest.mark.parametrize("kind", ["classification", "regression"])
-def test_the_fused_mlps_hand_written_gradients_equal_autograds(kind):
-    """Several layers, a ReLU first and last too, members with different weights and data."""
+def test_the_fused_mlps_hand_written_gradients_equal_autograds(kind, make):
+    """Members with different weights (BatchNorm's scale, shift and statistics too) and data; the same
+    Dropout masks (two copies of one generator); the running statistics through the evaluation output."""
     torch.manual_seed(0)
     outputs = 5 if kind == "classification" else 3
-
-    def model():
-        return nn.Sequential(nn.ReLU(), nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 11), nn.ReLU(),
-                             nn.Linear(11, 8), nn.ReLU(), nn.Linear(8, outputs), nn.ReLU())
-
-    batched = _fused_mlp([model() for _ in range(4)], torch.device("cpu"), kind)
+    models = [make(outputs) for _ in range(4)]
+    for model in models:
+        for module in model:
+            if isinstance(module, nn.BatchNorm1d):
+                for t in (module.weight, module.bias, module.running_mean):
+                    nn.init.normal_(t.data)
+                module.running_var.uniform_(0.5, 2.0)
+    probe = torch.randn(4, 2, 7)
+    by_hand = _fused_mlp(models, torch.device("cpu"), kind, probe, torch.Generator().manual_seed(1))
+    by_autograd = _fused_mlp(models, torch.device("cpu"), kind, probe, torch.Generator().manual_seed(1))
     for batch in (6, 2):  # a short last batch takes buffers of its own
         x = torch.randn(4, batch, 7)
         y = torch.randint(0, outputs, (4, batch)) if kind == "classification" else torch.randn(4, batch, outputs)
-        params = [p.clone().requires_grad_() for p in batched.params]
-        losses = member_losses(kind, batched.forward(params, x), y)
+        params = [p.clone().requires_grad_() for p in by_autograd.params]
+        losses = member_losses(kind, by_autograd.forward(params, x), y)
         want = torch.autograd.grad(losses.sum(), params)
-        got_losses, got = batched.grads(batched.params, x, y)
+        got_losses, got = by_hand.grads(by_hand.params, x, y)
         assert float((got_losses - losses.detach()).abs().max()) < TOL
         for g, w in zip(got, want):
             assert g.shape == w.shape and float((g - w).abs().max()) < TOL
+    for batched in (by_hand, by_autograd):
+        batched.train(False)
+    with torch.no_grad():
+        held_out = torch.randn(10, 7)
+        assert float((by_hand.forward(by_hand.params, held_out) - by_autograd.forward(params, held_out)).abs().max()) < TOL
+
+
+def test_the_fused_path_takes_batchnorm_and_dropout_mlps_on_flat_inputs_only():
+    """The spirals model (BatchNorm1d, Dropout) is fused; on (B, C, L) inputs BatchNorm1d normalises per position: not."""
+    device = torch.device("cpu")
+    spirals = load_task(str(ROOT / "examples" / "my_task.py") + ":spirals")
+    flat = [spirals.make_model() for _ in range(2)]
+    assert _fused_mlp(flat, device, "classification", spirals.train[0][:4].view(2, 2, 2)) is not None
+    sequence = [nn.Sequential(nn.BatchNorm1d(3), nn.Flatten(), nn.Linear(12, 2)) for _ in range(2)]
+    assert _fused_mlp(sequence, device, "classification", torch.randn(2, 2, 3, 4)) is None
+    evaluating = [nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3).eval(), nn.Linear(3, 2)) for _ in range(2)]
+    assert _fused_mlp(evaluating, device, "classification", torch.randn(2, 2, 4)) is None
 
 
 class Tanh(nn.Module):
@@ -208,8 +245,8 @@ def test_the_paths_are_the_ones_meant(digits):
     """The frozen-parameter test covers the fused, the vmap and the one-at-a-time path."""
     device, probe = torch.device("cpu"), digits.train[0][:4].view(2, 2, 64)
     models = {path: [make() for _ in range(2)] for path, make in FROZEN_MODELS.items()}
-    assert _fused_mlp(models["fused-mlp"], device, "classification") is not None
-    assert _fused_mlp(models["vmap"], device, "classification") is None
+    assert _fused_mlp(models["fused-mlp"], device, "classification", probe) is not None
+    assert _fused_mlp(models["vmap"], device, "classification", probe) is None
     assert _vmapped(models["vmap"], device, probe) is not None
     assert _vmapped(models["one-at-a-time"], device, probe) is None
 
