@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import platform
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from torch import nn
 from hpsearch.errors import BadInput
 from hpsearch.spec import make_config
 from hpsearch.tasks.builtin import Task, load_task
-from hpsearch.train import EpochReport, _fused_mlp, _vmapped, member_losses, resolve_device, train_population
+import hpsearch.train as train_module
+from hpsearch.train import (EpochReport, _fused_mlp, _vmapped, evaluate, keep_freed_memory, member_losses, resolve_device,
+                            train_population)
 
 from helpers import ROOT, TOL, close
 
@@ -262,3 +265,26 @@ def test_a_model_with_nothing_to_train_is_refused(digits, make):
     task = Task("frozen", nothing, digits.train, digits.val, digits.test, 10)
     with pytest.raises(BadInput, match="has no trainable parameter"):
         train_population(task, configs()[:1], epochs=1)
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_evaluation_in_chunks_gives_what_one_pass_gives(kind, monkeypatch):
+    """The validation split in chunks of EVAL_CHUNK // P examples, a short last one too (BatchNorm in evaluation
+    mode): each member's loss, accuracy and standard error as from the whole split at once."""
+    torch.manual_seed(0)
+    outputs = 3
+    models = [_normalised(outputs) for _ in range(4)]
+    batched = _fused_mlp(models, torch.device("cpu"), kind, torch.randn(4, 2, 7))
+    x = torch.randn(45, 7)
+    y = torch.randint(0, outputs, (45,)) if kind == "classification" else torch.randn(45, outputs)
+    whole = evaluate(batched, batched.params, kind, (x, y))
+    monkeypatch.setattr(train_module, "EVAL_CHUNK", 4 * 8)  # 8 examples a chunk: 6 chunks, the last of 5
+    chunked = evaluate(batched, batched.params, kind, (x, y))
+    for a, b in zip(whole, chunked):
+        assert torch.allclose(a, b, atol=TOL, equal_nan=True)
+    assert whole[1].isnan().all() == (kind == "regression")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_freed_memory_is_kept_for_the_next_step_under_glibc():
+    assert keep_freed_memory() is True
