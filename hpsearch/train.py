@@ -2,10 +2,10 @@
 
 Configurations that share a task and a batch size train together as one batched model:
 parameters stacked per member, one batched forward, one backward over the summed member losses,
-through the first path that takes the model: an nn.Sequential of Linear and ReLU as baddbmm calls
-with a hand-written backward (no autograd engine); an nn.Sequential of the layers in _ELEMENTWISE
-and _layer_ok (Linear, Conv1d/2d, BatchNorm1d/2d, Dropout, Flatten, Unflatten) as batched
-operations under autograd (convolutions as im2col + baddbmm, BatchNorm over P x C channels);
+through the first path that takes the model: an nn.Sequential of Linear, ReLU, BatchNorm1d and Dropout
+on flat inputs as baddbmm calls with a hand-written backward (no autograd engine); an nn.Sequential of
+the layers in _ELEMENTWISE and _layer_ok (Linear, Conv1d/2d, BatchNorm1d/2d, Dropout, Flatten, Unflatten)
+as batched operations under autograd (convolutions as im2col + baddbmm, BatchNorm over P x C channels);
 any other model through vmap(functional_call) and autograd;
 and a vectorised optimizer step (``hpsearch.optimizers.PopulationOptimizer``: each member's own
 optimizer, learning rate, weight decay and momentum, torch.optim's semantics) under one learning-rate
