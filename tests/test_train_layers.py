@@ -1,4 +1,5 @@
-"""The batched-layers path: convolutions as im2col + baddbmm, BatchNorm over P x C channels, under autograd.
+"""The batched-layers path: convolutions as im2col + baddbmm, BatchNorm over P x C channels, under autograd;
+and, through train_population, the fused path's BatchNorm1d (mlp-bn, an MLP: the fused path takes it first).
 
 Each form against torch itself: a population of one against torch.optim (every optimizer), a member
 against its solo run, BatchNorm's running statistics through the evaluation-mode loss, the patches'
@@ -213,6 +214,7 @@ def test_frozen_parameters_stay_frozen_on_the_batched_layers_path():
 
 @pytest.mark.parametrize("ref", ["mnist1d", "examples/digits_cnn.py:digits_cnn", "examples/my_task.py:spirals"])
 def test_the_benchmarks_models_take_the_batched_layers_path(ref):
+    """Each can (spirals' MLP trains through the fused path, which comes first: tests/test_train.py)."""
     task = load_task(str(ROOT / ref) if ":" in ref else ref)
     models = [task.make_model() for _ in range(2)]
     probe = task.train[0][:4].view(2, 2, *task.train[0].shape[1:])
