@@ -133,7 +133,7 @@ def _fused_mlp(models: list[nn.Module], device: torch.device, kind: Kind, probe:
     batch size 16), the 128-to-10 layer's forward and backward took 0.3 ms in it and 0.75 ms
     stored transposed (P, in, out); the 64-to-128 layer took the same in both. BatchNorm's weight,
     bias and running statistics are (P, 1, C), normalising each member over its batch (dimension 1)
-    in place, with no copy to a channels-first layout and back. Dropout draws from ``generator``
+    where it lies, with no copy to a channels-first layout and back. Dropout draws from ``generator``
     (None: torch's global one), as _dropout does. Checked against member 0's own module on ``probe``
     (P, B, F) in evaluation mode: None when it differs (the batched-layers path is next).
     """
@@ -217,7 +217,8 @@ def _mlp_forward(layers: list[tuple[str, nn.Module]], params: list[torch.Tensor]
             saved.append(h)
         elif isinstance(module, nn.Dropout):
             mask = _keep_mask(h, module.p, generator) if training and module.training else None
-            if mask is not None:
+            if mask is not None:  # in place, a ReLU just before keeps the masked output as its own: its
+                # backward reads it only where the mask kept (d is zero elsewhere by then), so nothing changes
                 h = h * mask if h is x or space is None else h.mul_(mask)
             saved.append(mask)
         elif isinstance(module, nn.Linear):
@@ -242,9 +243,8 @@ def _mlp_forward(layers: list[tuple[str, nn.Module]], params: list[torch.Tensor]
             batch = h.shape[1]
             if batch < 2:
                 raise ValueError(f"Expected more than 1 value per channel when training, got a batch of {batch}")
-            # Two passes, sums over the batch: torch.var_mean over this middle dimension took 0.23 ms on
-            # (12, 32, 64), two fifths of a spirals step.
-            # (x * x, not square: pow's kernel took 3x as long.)
+            # Two passes of sums over the batch: torch.var_mean over this middle dimension took 0.23 ms on
+            # (12, 32, 64), two fifths of a spirals step; x * x, as square (pow's kernel) took 3x as long.
             batch_mean = h.mean(1, keepdim=True)
             centred = h - batch_mean
             batch_var = (centred * centred).mean(1, keepdim=True)
@@ -657,7 +657,7 @@ def keep_freed_memory() -> bool:
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): their allocators are left alone
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): their allocators are left alone
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h; setting either also stops glibc adjusting them
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 512 << 20))
