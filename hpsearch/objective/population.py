@@ -192,9 +192,8 @@ def side_by_side(populations: int, device: str) -> tuple[int, int]:
     populations of 12, medians of 5): the search 1.16x as fast on mnist1d's CNN, 1.11x on the digits
     CNN; but 0.93x on the spirals MLP and about 0.95x on the digits MLP, whose steps are bound by
     Python's cost per operation, which lanes share. Those (models without a convolution) train one
-    population after another, as on an accelerator. Since the trainer keeps freed memory
-    (train.keep_freed_memory) two threads share one population better: lanes measured 1.14x on mnist1d
-    and 1.01x on the digits CNN (a tie), so they stay.
+    population after another, as on an accelerator. Again after train.keep_freed_memory: 1.14x on
+    mnist1d and 1.01x (a tie) on the digits CNN, so they stay.
     """
     import torch
 
