@@ -53,6 +53,22 @@ def test_batchnorm_members_equal_their_solo_runs():
         assert population[i].val_loss == pytest.approx(alone.val_loss, abs=TOL)  # eval mode: running stats
 
 
+def test_batchnorm_members_left_behind_take_their_statistics_with_them():
+    """Members 0 and 2 stopped after epoch 1 (rows not contiguous): the others' running statistics stay their own,
+    so they still equal their solo runs through the evaluation-mode loss."""
+    population = configs()
+
+    def stop(report):
+        return [0, 2] if report.epoch == 1 else []
+
+    together = train_population(task(batchnorm_model), population, epochs=3, on_epoch=stop)
+    assert [r.outcome for r in together] == ["stopped", "completed", "stopped", "completed"]
+    for i in (1, 3):
+        alone = train_population(task(batchnorm_model), [population[i]], epochs=3)[0]
+        assert close(together[i].params, alone.params) < TOL
+        assert together[i].val_loss == pytest.approx(alone.val_loss, abs=TOL)
+
+
 def test_dropout_draws_different_masks_per_member():
     """Two members with the same configuration start equal; different masks make them part.
 
