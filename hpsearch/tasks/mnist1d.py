@@ -56,8 +56,21 @@ def templates() -> np.ndarray:
 
 
 def resample(x: np.ndarray, length: int) -> np.ndarray:
-    """Linear interpolation of a signal onto ``length`` evenly spaced points."""
-    return np.interp(np.linspace(0, 1, length), np.linspace(0, 1, len(x)), x)
+    """Linear interpolation of each row of ``x`` (or of one signal) onto ``length`` evenly spaced points.
+
+    np.interp's arithmetic (slope * (t - xp[j]) + fp[j], fp[j] where t is a sample point, the last
+    value at the end) on all rows at once: the same bits as np.interp row by row, in a tenth of the
+    time (tests/test_mnist1d.py).
+    """
+    rows = np.atleast_2d(x)
+    xp = np.linspace(0, 1, rows.shape[1])
+    at = np.linspace(0, 1, length)
+    j = np.clip(np.searchsorted(xp, at, side="right") - 1, 0, len(xp) - 2)
+    out = (rows[:, j + 1] - rows[:, j]) / (xp[j + 1] - xp[j]) * (at - xp[j]) + rows[:, j]
+    on_point = at == xp[j]
+    out[:, on_point] = rows[:, j[on_point]]
+    out[:, at >= xp[-1]] = rows[:, -1:]
+    return out if x.ndim > 1 else out[0]
 
 
 def smooth(noise: np.ndarray, sigma: float = 2.0) -> np.ndarray:
@@ -80,7 +93,9 @@ def generate(settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
     labels = np.repeat(np.arange(len(shapes)), per_class)
     n = len(labels)
     pads = rng.integers(low, high + 1, n)
-    x = np.stack([resample(np.concatenate([shapes[y] + 1e-8, np.zeros(p)]), width) for y, p in zip(labels, pads)])
+    # Each (template, padding) pair stretched once: 250 pairs for 5,000 examples.
+    pairs, which = np.unique(np.stack([labels, pads], 1), axis=0, return_inverse=True)
+    x = np.stack([resample(np.concatenate([shapes[y] + 1e-8, np.zeros(p)]), width) for y, p in pairs])[which.ravel()]
     x *= 1 + settings.scale_coeff * (rng.random((n, 1)) - 0.5)
     shifts = rng.integers(0, settings.max_translation, n)
     x = x[np.arange(n)[:, None], (np.arange(width)[None, :] - shifts[:, None]) % width]  # rotate right
@@ -88,7 +103,7 @@ def generate(settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
     x = np.where(padding, smooth(settings.corr_noise_scale * rng.standard_normal((n, width))), x)
     x += settings.iid_noise_scale * rng.standard_normal((n, width))
     x -= settings.shear_scale * (rng.random((n, 1)) - 0.5) * np.linspace(-0.5, 0.5, width)
-    x = np.stack([resample(row, settings.final_seq_length) for row in x])
+    x = resample(x, settings.final_seq_length)
     order = rng.permutation(n)
     x, labels = x[order], labels[order]
     x = (x - x.mean()) / x.std()
