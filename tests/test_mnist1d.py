@@ -41,12 +41,19 @@ def test_smoothing_equals_scipys_gaussian_filter():
     assert np.allclose(mnist1d.smooth(noise), gaussian_filter1d(noise, 2.0, axis=-1))
 
 
+def _interp_row_by_row(x: np.ndarray, length: int) -> np.ndarray:
+    """The yardstick: np.interp on each row (or on one signal) onto ``length`` evenly spaced points."""
+    rows = np.atleast_2d(x)
+    out = np.stack([np.interp(np.linspace(0, 1, length), np.linspace(0, 1, rows.shape[1]), row) for row in rows])
+    return out if x.ndim > 1 else out[0]
+
+
 def test_resampling_all_rows_at_once_gives_np_interps_bits():
     """Rows of several lengths onto fewer and more points, sample points falling on the source's, and one signal."""
     rng = np.random.default_rng(3)
     for width, length in ((72, 40), (13, 72), (48, 72), (5, 5), (2, 7)):
         rows = rng.standard_normal((50, width))
-        want = np.stack([np.interp(np.linspace(0, 1, length), np.linspace(0, 1, width), row) for row in rows])
+        want = _interp_row_by_row(rows, length)
         assert np.array_equal(mnist1d.resample(rows, length), want)
         assert np.array_equal(mnist1d.resample(rows[0], length), want[0])
 
@@ -54,9 +61,7 @@ def test_resampling_all_rows_at_once_gives_np_interps_bits():
 def test_the_data_is_the_data_of_np_interp_row_by_row(monkeypatch):
     """Stored studies were trained on mnist1d as generated with np.interp per example: the same arrays to the bit."""
     fast = mnist1d.generate()
-    monkeypatch.setattr(mnist1d, "resample", lambda x, length: np.interp(
-        np.linspace(0, 1, length), np.linspace(0, 1, len(x)), x) if x.ndim == 1 else np.stack(
-        [np.interp(np.linspace(0, 1, length), np.linspace(0, 1, x.shape[1]), row) for row in x]))
+    monkeypatch.setattr(mnist1d, "resample", _interp_row_by_row)
     slow = mnist1d.generate()
     assert all(np.array_equal(a, b) for a, b in zip(fast, slow))
 
